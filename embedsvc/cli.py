@@ -1,0 +1,263 @@
+"""The ``embedsvc`` command line: build indexes, serve, search, evaluate.
+
+Heavy modules (torch, FAISS, the indexing package) are imported inside the commands,
+so ``embedsvc --help`` is instant and a typo costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from embedsvc.settings import Settings
+
+app = typer.Typer(help="Embeddings and vector search: index, serve, search, evaluate.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+index_app = typer.Typer(help="Build and inspect a collection's indexes.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class ModeChoice(StrEnum):
+    auto = "auto"
+    dense = "dense"
+    lexical = "lexical"
+    hybrid = "hybrid"
+
+
+class OnErrorChoice(StrEnum):
+    skip = "skip"
+    fail = "fail"
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.obj
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Annotated[Path | None, typer.Option(help="Home folder (EMBEDSVC_HOME).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    settings = Settings(**({"home": home} if home else {}))
+    level = "DEBUG" if verbose else settings.log_level
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=err_console, show_path=False)])
+    for noisy in ("httpx", "sentence_transformers", "transformers", "urllib3", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = settings
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+# --- index ----------------------------------------------------------------------------------
+@index_app.command("build")
+def index_build(
+    ctx: typer.Context,
+    collection: Annotated[str, typer.Argument(help="Collection name (created if missing).")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL[.gz], CSV, Parquet or a BEIR folder.")],
+    model: Annotated[str | None, typer.Option(help="Model name or folder (default: EMBEDSVC_DEFAULT_MODEL).")] = None,
+    lexical_only: Annotated[bool, typer.Option("--lexical-only", help="BM25 only; no model.")] = False,
+    on_error: Annotated[OnErrorChoice, typer.Option(help="Bad input lines: skip them or stop.")] = OnErrorChoice.fail,
+    chunk_size: Annotated[int | None, typer.Option(min=1, help="Documents per chunk.")] = None,
+) -> None:
+    """Read the input as a stream of chunks, store and embed each, and build an index version."""
+    from embedsvc.collection import CollectionError
+    from embedsvc.encoders import ModelError
+    from indexing.job import BuildError, BuildJob, BuildOptions
+    from indexing.sources import SourceError, count_items
+
+    settings = _settings(ctx)
+    options = BuildOptions(model=model, lexical_only=lexical_only, on_error=on_error.value,
+                           chunk_size=chunk_size)
+    try:
+        total = count_items(input)
+        with _progress() as progress:
+            task = progress.add_task(f"indexing {collection}", total=total)
+            job = BuildJob(settings, collection, input, options,
+                           progress=lambda n: progress.advance(task, n))
+            report = job.run()
+    except (BuildError, SourceError, ModelError, CollectionError) as exc:
+        raise fail(str(exc)) from exc
+    _print_build(report)
+
+
+def _progress() -> _DocsProgress:
+    return _DocsProgress(console=err_console)
+
+
+def _print_build(report: Any) -> None:
+    if report.status == "up_to_date":
+        console.print(f"[green]{report.collection}[/] is up to date with this input and model "
+                      f"({report.documents} documents); nothing to do")
+        return
+    console.print(f"[green]built {report.collection}[/]: {report.documents} documents in "
+                  f"{report.seconds:.1f}s ({report.docs_per_second:.1f} docs/s), "
+                  f"{report.chunks_reused} chunks reused, index version {report.version}")
+    if report.issues:
+        console.print(f"[yellow]skipped {len(report.issues)} input lines[/]:")
+        for issue in report.issues[:20]:
+            console.print(f"  {issue}")
+
+
+class _DocsProgress:
+    """A rich progress bar showing documents, docs/s and the ETA."""
+
+    def __init__(self, console: Console):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[cyan]{task.fields[rate]} docs/s"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=console,
+        )
+
+    def __enter__(self) -> _DocsProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)
+
+    def add_task(self, description: str, total: int | None) -> Any:
+        return self._progress.add_task(description, total=total, rate="-")
+
+    def advance(self, task: Any, n: int) -> None:
+        self._progress.advance(task, n)
+        speed = self._progress.tasks[task].speed
+        self._progress.update(task, rate=f"{speed:.1f}" if speed else "-")
+
+
+# --- serve ----------------------------------------------------------------------------------
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (EMBEDSVC_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (EMBEDSVC_PORT).")] = None,
+) -> None:
+    """Serve the HTTP API (docs at /docs)."""
+    import uvicorn
+
+    from embedsvc.api.app import create_app
+
+    settings = _settings(ctx)
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+                log_level=settings.log_level.lower())
+
+
+# --- search ---------------------------------------------------------------------------------
+@app.command()
+def search(
+    ctx: typer.Context,
+    collection: str,
+    query: str,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Results to return.")] = 10,
+    mode: Annotated[ModeChoice, typer.Option(help="auto, dense, lexical or hybrid.")] = ModeChoice.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's response shape.")] = False,
+    url: Annotated[str | None, typer.Option(help="Ask a running server instead of the home folder.")] = None,
+) -> None:
+    """Search a collection, in this process or through a server (--url)."""
+    data = _search_remote(url, collection, query, k, mode.value) if url else \
+        _search_local(_settings(ctx), collection, query, k, mode.value)
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    table = Table(title=f"{collection}: {query!r} ({data['mode']}"
+                  + (f", fallback {data['fallback']})" if data["fallback"] else ")"))
+    for column in ("#", "score", "id", "title"):
+        table.add_column(column)
+    for rank, hit in enumerate(data["hits"], 1):
+        table.add_row(str(rank), f"{hit['score']:.4f}", hit["id"], hit["title"][:80])
+    console.print(table)
+
+
+def _search_local(settings: Settings, collection: str, query: str, k: int, mode: str) -> dict:
+    from embedsvc.collection import CollectionError
+    from embedsvc.search.searcher import SearchConflict
+
+    try:
+        searcher = _local_searcher(settings, collection)
+        result = searcher.search(query, k, mode)
+    except (CollectionError, SearchConflict) as exc:
+        raise fail(str(exc)) from exc
+    return {"collection": collection, "mode": result.mode, "fallback": result.fallback,
+            "index_version": result.index_version, "took_ms": result.took_ms,
+            "hits": [vars(h) for h in result.hits]}
+
+
+def _search_remote(url: str, collection: str, query: str, k: int, mode: str) -> dict:
+    from dataclasses import asdict
+
+    from embedsvc.client import Client, EmbedsvcError
+
+    try:
+        with Client(url) as client:
+            return asdict(client.search(collection, query, k=k, mode=mode))
+    except EmbedsvcError as exc:
+        raise fail(exc.message) from exc
+
+
+def _local_searcher(settings: Settings, collection: str) -> Any:
+    """A searcher whose model lookup blocks: a CLI run wants dense results, not a fallback."""
+    from embedsvc.collection import open_store
+    from embedsvc.encoders import load_encoder
+    from embedsvc.search.searcher import Searcher
+
+    paths, store = open_store(settings.collections_dir, collection)
+    return Searcher(paths, store, lambda name: load_encoder(
+        name, settings.models_dir, settings.device, settings.encode_batch_size))
+
+
+# --- eval -----------------------------------------------------------------------------------
+@app.command("eval")
+def eval_command(
+    ctx: typer.Context,
+    collection: str,
+    beir: Annotated[Path, typer.Option(help="BEIR folder with queries.jsonl and qrels/.")],
+    split: Annotated[str, typer.Option(help="qrels split to score.")] = "test",
+    mode: Annotated[ModeChoice, typer.Option(help="Search mode to evaluate.")] = ModeChoice.dense,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """nDCG@10, MRR@10, MAP@100 and Recall@100 of a collection on BEIR judgments."""
+    from embedsvc.collection import CollectionError
+    from embedsvc.evaluation import evaluate_collection
+    from embedsvc.search.searcher import SearchConflict
+
+    settings = _settings(ctx)
+    try:
+        metrics = evaluate_collection(_local_searcher(settings, collection), beir, split, mode.value)
+    except (CollectionError, SearchConflict, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        console.print_json(json.dumps({"collection": collection, "mode": mode.value,
+                                       "split": split, **metrics}))
+        return
+    table = Table(title=f"{collection} on {beir.name}/{split} ({mode.value})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}" if name != "queries" else str(int(value)))
+    console.print(table)
+
+

