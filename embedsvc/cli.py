@@ -25,7 +25,7 @@ index_app = typer.Typer(help="Build and inspect a collection's indexes.", no_arg
 app.add_typer(index_app, name="index")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class ModeChoice(StrEnum):

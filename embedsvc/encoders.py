@@ -164,16 +164,20 @@ class Encoder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-_cache: dict[tuple[str, str, str], Encoder] = {}
+_by_name: dict[tuple[str, str, str], Encoder] = {}
+_by_path: dict[tuple[str, str], Encoder] = {}
 _cache_lock = threading.Lock()
 
 
 def load_encoder(name: str, models_dir: Path, device: str = "cpu", batch_size: int = 32) -> Encoder:
-    """Load a model once per process; later calls return the same encoder."""
+    """Load a model once per process; later calls for the same name or folder share it."""
     key = (str(models_dir), name, device)
     with _cache_lock:
-        if key not in _cache:
+        if key not in _by_name:
             spec = resolve_model(name, models_dir)
-            log.info("loading model %s from %s", spec.model_id, spec.path)
-            _cache[key] = Encoder(spec, device=device, batch_size=batch_size)
-        return _cache[key]
+            path_key = (str(spec.path.resolve()), device)
+            if path_key not in _by_path:
+                log.info("loading model %s from %s", spec.model_id, spec.path)
+                _by_path[path_key] = Encoder(spec, device=device, batch_size=batch_size)
+            _by_name[key] = _by_path[path_key]
+        return _by_name[key]
