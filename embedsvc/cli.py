@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -65,35 +67,78 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 # --- index ----------------------------------------------------------------------------------
+class ExecutorChoice(StrEnum):
+    local = "local"
+    process = "process"
+    ray = "ray"
+
+
 @index_app.command("build")
 def index_build(
     ctx: typer.Context,
     collection: Annotated[str, typer.Argument(help="Collection name (created if missing).")],
-    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL[.gz], CSV, Parquet or a BEIR folder.")],
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="JSONL[.gz], CSV, Parquet or BEIR folder.")] = None,
+    vectors: Annotated[Path | None, typer.Option(help="Embeddings made elsewhere: .npy (+ ids) or Parquet.")] = None,
+    ids: Annotated[Path | None, typer.Option(help="Ids of a .npy --vectors file, one a line.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name or folder (default: EMBEDSVC_DEFAULT_MODEL).")] = None,
     lexical_only: Annotated[bool, typer.Option("--lexical-only", help="BM25 only; no model.")] = False,
-    on_error: Annotated[OnErrorChoice, typer.Option(help="Bad input lines: skip them or stop.")] = OnErrorChoice.fail,
+    on_error: Annotated[OnErrorChoice, typer.Option(help="Bad input lines: skip or stop.")] = OnErrorChoice.fail,
     chunk_size: Annotated[int | None, typer.Option(min=1, help="Documents per chunk.")] = None,
+    executor: Annotated[ExecutorChoice, typer.Option(help="Where chunks are embedded.")] = ExecutorChoice.local,
+    workers: Annotated[int, typer.Option(min=1, help="Workers of the process/ray executor.")] = 2,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: local Ray).")] = None,
+    index: Annotated[str, typer.Option(help="auto|flat|hnsw|ivf|ivfsq|ivfpq or a FAISS factory string.")] = "auto",
+    memory_budget: Annotated[str | None, typer.Option(help="Most memory the index may take, e.g. 4GB.")] = None,
+    target_recall: Annotated[float, typer.Option(min=0.1, max=1.0, help="recall@10 to tune for.")] = 0.95,
+    shards: Annotated[int | None, typer.Option(min=1, help="Split the index into this many shards.")] = None,
+    keep_versions: Annotated[int, typer.Option(min=1, help="Index versions to keep on disk.")] = 2,
 ) -> None:
     """Read the input as a stream of chunks, store and embed each, and build an index version."""
-    from embedsvc.collection import CollectionError
-    from embedsvc.encoders import ModelError
-    from indexing.job import BuildError, BuildJob, BuildOptions
-    from indexing.sources import SourceError, count_items
+    from indexing.foreach import make_executor
+    from indexing.job import BuildJob, BuildOptions
+    from indexing.layouts import parse_bytes
+    from indexing.sources import count_items
+    from indexing.vector_sources import vector_count
 
     settings = _settings(ctx)
-    options = BuildOptions(model=model, lexical_only=lexical_only, on_error=on_error.value,
-                           chunk_size=chunk_size)
-    try:
-        total = count_items(input)
-        with _progress() as progress:
-            task = progress.add_task(f"indexing {collection}", total=total)
-            job = BuildJob(settings, collection, input, options,
-                           progress=lambda n: progress.advance(task, n))
-            report = job.run()
-    except (BuildError, SourceError, ModelError, CollectionError) as exc:
-        raise fail(str(exc)) from exc
+    with _user_errors():
+        options = BuildOptions(
+            model=model, lexical_only=lexical_only, on_error=on_error.value, chunk_size=chunk_size,
+            index=index, memory_budget=parse_bytes(memory_budget) if memory_budget else None,
+            target_recall=target_recall, shards=shards, keep_versions=keep_versions,
+            vectors=vectors, ids=ids,
+        )
+        total = vector_count(vectors) if vectors else count_items(input) if input else None
+        runner = make_executor(executor.value, workers, ray_address)
+        try:
+            with _progress() as progress:
+                task = progress.add_task(f"indexing {collection}", total=total)
+                job = BuildJob(settings, collection, input, options, executor=runner,
+                               progress=lambda n: progress.advance(task, n))
+                report = job.run()
+        finally:
+            runner.close()
     _print_build(report)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into one red line and exit code 1, not a traceback."""
+    from embedsvc.collection import CollectionError
+    from embedsvc.encoders import ModelError
+    from embedsvc.search.dense import IndexLoadError
+    from embedsvc.search.searcher import SearchConflict
+    from indexing.build import BuildError as IndexBuildError
+    from indexing.job import BuildError
+    from indexing.layouts import LayoutError
+    from indexing.sources import SourceError
+    from indexing.vector_sources import VectorSourceError
+
+    try:
+        yield
+    except (BuildError, IndexBuildError, SourceError, VectorSourceError, LayoutError, ModelError,
+            CollectionError, SearchConflict, IndexLoadError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from exc
 
 
 def _progress() -> _DocsProgress:
@@ -193,17 +238,13 @@ def search(
 
 
 def _search_local(settings: Settings, collection: str, query: str, k: int, mode: str) -> dict:
-    from embedsvc.collection import CollectionError
-    from embedsvc.search.searcher import SearchConflict
+    from dataclasses import asdict
 
-    try:
-        searcher = _local_searcher(settings, collection)
-        result = searcher.search(query, k, mode)
-    except (CollectionError, SearchConflict) as exc:
-        raise fail(str(exc)) from exc
+    with _user_errors():
+        result = _local_searcher(settings, collection).search(query, k, mode)
     return {"collection": collection, "mode": result.mode, "fallback": result.fallback,
             "index_version": result.index_version, "took_ms": result.took_ms,
-            "hits": [vars(h) for h in result.hits]}
+            "hits": [asdict(h) for h in result.hits]}
 
 
 def _search_remote(url: str, collection: str, query: str, k: int, mode: str) -> dict:
@@ -240,15 +281,11 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """nDCG@10, MRR@10, MAP@100 and Recall@100 of a collection on BEIR judgments."""
-    from embedsvc.collection import CollectionError
     from embedsvc.evaluation import evaluate_collection
-    from embedsvc.search.searcher import SearchConflict
 
     settings = _settings(ctx)
-    try:
+    with _user_errors():
         metrics = evaluate_collection(_local_searcher(settings, collection), beir, split, mode.value)
-    except (CollectionError, SearchConflict, FileNotFoundError, ValueError) as exc:
-        raise fail(str(exc)) from exc
     if as_json:
         console.print_json(json.dumps({"collection": collection, "mode": mode.value,
                                        "split": split, **metrics}))

@@ -69,12 +69,28 @@ _BY_STATUS = {400: BadRequest, 404: NotFound, 409: Conflict, 413: PayloadTooLarg
 
 
 @dataclass
+class Passage:
+    """The passage of a document that matched a dense search."""
+
+    ord: int
+    start: int
+    end: int
+    text: str
+
+
+@dataclass
 class Hit:
     id: str
     score: float
     title: str
     text: str | None = None
     metadata: dict[str, Any] | None = None
+    passage: Passage | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Hit:
+        passage = data.get("passage")
+        return cls(**{**data, "passage": Passage(**passage) if passage else None})
 
 
 @dataclass
@@ -88,7 +104,7 @@ class SearchResult:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SearchResult:
-        return cls(**{**data, "hits": [Hit(**h) for h in data["hits"]]})
+        return cls(**{**data, "hits": [Hit.from_json(h) for h in data["hits"]]})
 
 
 @dataclass

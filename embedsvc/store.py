@@ -21,6 +21,23 @@ import sqlite_utils
 
 DB_NAME = "collection.db"
 SCHEMA_VERSION = 1
+# A vector id packs the document's row id and the passage's ordinal within it.
+PASSAGE_BITS = 16
+MAX_PASSAGES = 1 << PASSAGE_BITS
+
+
+def passage_id(doc_rowid: int, ordinal: int) -> int:
+    return (doc_rowid << PASSAGE_BITS) | ordinal
+
+
+def split_id(vector_id: int) -> tuple[int, int]:
+    """(document row id, passage ordinal) of a vector id."""
+    return vector_id >> PASSAGE_BITS, vector_id & (MAX_PASSAGES - 1)
+
+
+def document_text(title: str, text: str) -> str:
+    """The text a document is embedded as (title and body, as BEIR and MTEB do)."""
+    return f"{title} {text}".strip()
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,10 @@ def create_schema(path: Path) -> None:
         db["documents"].enable_fts(
             ["title", "text"], fts_version="FTS5", tokenize="porter", create_triggers=True
         )
+    db["passages"].create(
+        {"id": int, "doc": int, "ord": int, "start": int, "end": int}, pk="id", if_not_exists=True,
+    )
+    db["passages"].create_index(["doc"], if_not_exists=True)
     db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
     db["builds"].create(
         {"id": str, "fingerprint": str, "input": str, "model_id": str, "status": str,
@@ -152,6 +173,7 @@ class Store:
         """Drop documents that the finished build's input no longer holds."""
         with self.conn:
             cur = self.conn.execute("DELETE FROM documents WHERE build IS NOT ?", (build,))
+            self.conn.execute("DELETE FROM passages WHERE doc NOT IN (SELECT rowid FROM documents)")
         return cur.rowcount
 
     def documents_by_rowid(self, rowids: Iterable[int]) -> dict[int, DocumentRow]:
@@ -172,6 +194,32 @@ class Store:
         ).fetchone()
         return DocumentRow(row[0], row[1], row[2] or "", row[3] or "",
                            json.loads(row[4] or "{}")) if row else None
+
+    # --- passages -------------------------------------------------------------------------
+    def replace_passages(self, doc_rowids: Sequence[int],
+                         spans: Sequence[Sequence[tuple[int, int]]]) -> list[int]:
+        """Store each document's passage spans (replacing old ones); return the vector ids."""
+        rows = [(passage_id(doc, o), doc, o, start, end)
+                for doc, doc_spans in zip(doc_rowids, spans, strict=True)
+                for o, (start, end) in enumerate(doc_spans)]
+        with self.conn:
+            self.conn.executemany("DELETE FROM passages WHERE doc = ?", [(d,) for d in doc_rowids])
+            self.conn.executemany(
+                "INSERT INTO passages(id, doc, ord, start, end) VALUES (?, ?, ?, ?, ?)", rows
+            )
+        return [r[0] for r in rows]
+
+    def passage_spans(self, vector_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+        vector_ids = list(vector_ids)
+        if not vector_ids:
+            return {}
+        marks = ",".join("?" * len(vector_ids))
+        cur = self.conn.execute(f"SELECT id, start, end FROM passages WHERE id IN ({marks})",
+                                vector_ids)
+        return {i: (s, e) for i, s, e in cur}
+
+    def count_passages(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM passages").fetchone()[0]
 
     # --- lexical search -------------------------------------------------------------------
     def bm25(self, match: str, k: int, weights: tuple[float, float]) -> list[tuple[int, float]]:

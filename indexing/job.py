@@ -29,15 +29,24 @@ from embedsvc.collection import CollectionPaths, open_store, read_manifest
 from embedsvc.encoders import load_encoder, resolve_model
 from embedsvc.files import sha256_file
 from embedsvc.settings import Settings
-from embedsvc.store import NewDocument
+from embedsvc.store import NewDocument, document_text
 from indexing.chunkfiles import ChunkFile, verify_chunk, write_chunk
-from indexing.sources import Chunk, InputIssue, Record, chunked, read_documents, resolve_input
+from indexing.passages import split_passages
+from indexing.sources import (
+    Chunk,
+    InputIssue,
+    Record,
+    chunked,
+    count_items,
+    read_documents,
+    resolve_input,
+)
 from indexing.versions import prune_versions, switch_version, write_version
 
 log = logging.getLogger(__name__)
 
 # Bump when the chunk files' meaning changes, so old ones are never reused.
-CHUNK_FORMAT = 1
+CHUNK_FORMAT = 2
 OnError = Literal["skip", "fail"]
 
 
@@ -56,6 +65,8 @@ class BuildOptions:
     target_recall: float = 0.95
     shards: int | None = None
     keep_versions: int = 2
+    vectors: Path | None = None  # build from these embeddings instead of the text input
+    ids: Path | None = None  # ids file of a .npy vectors file
 
 
 @dataclass
@@ -82,6 +93,13 @@ class EmbedTask:
 
 
 @dataclass(frozen=True)
+class EmbeddedChunk:
+    task: EmbedTask
+    spans: list[list[tuple[int, int]]]  # per document: its passages' character spans
+    vectors: Any  # (passages, dim) float32, passages in document order
+
+
+@dataclass(frozen=True)
 class ChunkEmbedder:
     """The chunk function every executor runs; holds only names, so it pickles to workers."""
 
@@ -90,25 +108,28 @@ class ChunkEmbedder:
     device: str = "cpu"
     batch_size: int = 32
 
-    def __call__(self, task: EmbedTask) -> tuple[EmbedTask, Any]:
+    def __call__(self, task: EmbedTask) -> EmbeddedChunk:
         encoder = load_encoder(self.model, Path(self.models_dir), self.device, self.batch_size)
-        return task, encoder.encode(task.texts)
-
-
-def document_text(title: str, text: str) -> str:
-    """The text a document is embedded as (title and body, as BEIR and MTEB do)."""
-    return f"{title} {text}".strip()
+        special = encoder.tokenizer.num_special_tokens_to_add(pair=False)
+        spans = split_passages(encoder.tokenizer, task.texts, encoder.max_seq_length - special)
+        passages = [text[start:end] for text, doc_spans in zip(task.texts, spans, strict=True)
+                    for start, end in doc_spans]
+        return EmbeddedChunk(task, spans, encoder.encode(passages))
 
 
 ProgressFn = Callable[[int], None]
 
 
 class BuildJob:
-    def __init__(self, settings: Settings, collection: str, source: Path, options: BuildOptions,
-                 executor: Any = None, progress: ProgressFn | None = None):
+    def __init__(self, settings: Settings, collection: str, source: Path | None,
+                 options: BuildOptions, executor: Any = None, progress: ProgressFn | None = None):
+        if (source is None) == (options.vectors is None):
+            raise BuildError("give either a text input (--input) or embeddings (--vectors)")
+        if options.vectors is not None and options.lexical_only:
+            raise BuildError("--lexical-only needs text, not --vectors")
         self.settings = settings
         self.options = options
-        self.source = source
+        self.source = source if source is not None else options.vectors
         self.progress = progress or (lambda n: None)
         self.paths, self.store = open_store(settings.collections_dir, collection, create=True)
         self.chunk_size = options.chunk_size or settings.chunk_size
@@ -143,21 +164,54 @@ class BuildJob:
         except Exception:  # an unreadable manifest means: build again
             return False
 
+    def input_sha(self) -> str:
+        if self.options.vectors is None:
+            return sha256_file(resolve_input(self.source))
+        from indexing.vector_sources import default_ids_path
+
+        ids = self.options.ids or default_ids_path(self.options.vectors)
+        parts = [sha256_file(self.options.vectors)] + ([sha256_file(ids)] if ids.exists() else [])
+        return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+    def check_layout(self) -> None:
+        """Refuse an impossible layout or budget before any embedding is spent."""
+        if self.spec is None:
+            return
+        from indexing.layouts import choose_layout
+
+        if self.options.vectors is not None:
+            from indexing.vector_sources import vector_count
+
+            n = vector_count(self.options.vectors)
+        else:
+            n = count_items(self.source) or 1
+        choice = choose_layout(n, self.encoder.dim, self.options.memory_budget, self.options.index,
+                               self.options.target_recall)
+        log.info("expected layout for about %d vectors: %s", n, choice.reason)
+
+    @property
+    def encoder(self) -> Any:
+        return load_encoder(self.model_name, self.settings.models_dir, self.settings.device,
+                            self.settings.encode_batch_size)
+
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> BuildReport:
         start = time.perf_counter()
-        input_file = resolve_input(self.source)
-        build_id = self.build_id(sha256_file(input_file))
+        build_id = self.build_id(self.input_sha())
         fingerprint = self.fingerprint(build_id)
         report = BuildReport(self.paths.name, "up_to_date")
         with build_lock(self.paths):
             if self.is_up_to_date(fingerprint):
                 report.documents = self.store.count_documents()
                 return report
+            self.check_layout()
             self.store.start_build(build_id, fingerprint, str(self.source),
                                    self.spec.model_id if self.spec else None)
             chunk_dir = self.paths.builds / build_id
-            chunks = self._ingest_and_embed(build_id, chunk_dir, report)
+            if self.options.vectors is not None:
+                chunks = self._ingest_vectors(build_id, chunk_dir, report)
+            else:
+                chunks = self._ingest_and_embed(build_id, chunk_dir, report)
             removed = self.store.delete_other_builds(build_id)
             if removed:
                 log.info("removed %d documents the input no longer holds", removed)
@@ -198,10 +252,38 @@ class BuildJob:
             return []
         embed = ChunkEmbedder(self.model_name, str(self.settings.models_dir),
                               self.settings.device, self.settings.encode_batch_size)
-        for task, vectors in self.executor.map(embed, tasks()):
-            checksum = write_chunk(chunk_dir, task.number, task.rowids, vectors)
+        for done_chunk in self.executor.map(embed, tasks()):
+            task = done_chunk.task
+            ids = self.store.replace_passages(task.rowids, done_chunk.spans)
+            checksum = write_chunk(chunk_dir, task.number, ids, done_chunk.vectors)
             self.store.record_chunk(build_id, task.number, checksum, len(task.rowids))
             self.progress(len(task.rowids))
+        return files
+
+    def _ingest_vectors(self, build_id: str, chunk_dir: Path, report: BuildReport) -> list[ChunkFile]:
+        """Embeddings made elsewhere: one passage per id, validated and normalised."""
+        from indexing.vector_sources import read_vectors
+
+        done = self.store.chunk_checksums(build_id)
+        files = []
+        for chunk in read_vectors(self.options.vectors, self.options.ids, self.encoder.dim,
+                                  self.chunk_size):
+            first_row = chunk.number * self.chunk_size + 1
+            records = [Record(first_row + i, doc_id, "", "", {}) for i, doc_id in enumerate(chunk.ids)]
+            records = self._accept(Chunk(chunk.number, records, []), build_id, report)
+            report.documents += len(records)
+            file = ChunkFile(chunk_dir, chunk.number)
+            files.append(file)
+            recorded = done.get(chunk.number)
+            if not (recorded and verify_chunk(file, recorded[0])):
+                rowids = self._store_documents(records, build_id)
+                ids = self.store.replace_passages(rowids, [[(0, 0)]] * len(rowids))
+                kept = [r.line - first_row for r in records]
+                checksum = write_chunk(chunk_dir, chunk.number, ids, chunk.vectors[kept])
+                self.store.record_chunk(build_id, chunk.number, checksum, len(ids))
+            else:
+                report.chunks_reused += 1
+            self.progress(len(chunk.ids))
         return files
 
     def _accept(self, chunk: Chunk, build_id: str, report: BuildReport) -> list[Record]:
@@ -243,12 +325,13 @@ class BuildJob:
             raise BuildError(f"{self.source} holds no usable document; nothing to index")
         from indexing.build import build_index
 
-        encoder = load_encoder(self.model_name, self.settings.models_dir, self.settings.device)
+        encoder = self.encoder
         o = self.options
         manifest = {
             "model_id": self.spec.model_id, "weights_sha256": self.spec.weights_sha256,
             "fingerprint": fingerprint, "build_id": build_id, "input": str(self.source),
             "embedsvc_version": __version__, "max_seq_length": encoder.max_seq_length,
+            "documents": report.documents,
         }
         chunks = [c for c in chunks if c.exists()]
         number = write_version(

@@ -26,13 +26,14 @@ def build(settings: Settings, path: Path, name: str = "c", **options) -> object:
 
 
 def vectors_of(settings: Settings, name: str) -> np.ndarray:
-    """The stored vectors of every document, in document id order."""
+    """The stored vectors of every passage, in document id order."""
     from embedsvc.search.dense import DenseIndex
 
     paths, store = open_store(settings.collections_dir, name)
     index = DenseIndex.load(paths.version_dir(store.get_meta("current_version")), mmap=False)
-    ids = sorted(r[0] for r in store.conn.execute("SELECT id FROM documents"))
-    return np.stack([index.shards[0].reconstruct(rowid) for rowid in store.rowids(ids)])
+    ids = [r[0] for r in store.conn.execute(
+        "SELECT p.id FROM passages p JOIN documents d ON d.rowid = p.doc ORDER BY d.id, p.ord")]
+    return np.stack([index.shards[0].reconstruct(vector_id) for vector_id in ids])
 
 
 def test_build_then_rerun_is_up_to_date(settings: Settings, tmp_path: Path) -> None:

@@ -20,12 +20,20 @@ class SearchRequest(BaseModel):
     include_metadata: bool = False
 
 
+class PassageOut(BaseModel):
+    ord: int = Field(..., description="Which passage of the document (0 for the first).")
+    start: int = Field(..., description="Character offset in title + ' ' + text.")
+    end: int
+    text: str
+
+
 class HitOut(BaseModel):
     id: str
     score: float
     title: str
     text: str | None = None
     metadata: dict[str, Any] | None = None
+    passage: PassageOut | None = Field(None, description="The passage that matched (dense).")
 
 
 class SearchResponse(BaseModel):

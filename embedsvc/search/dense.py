@@ -92,6 +92,11 @@ class DenseIndex:
     def count(self) -> int:
         return int(self.manifest["count"])
 
+    def passage_depth(self, k: int) -> int:
+        """Passages to fetch for ``k`` documents: enough for the average passages per document."""
+        per_doc = self.count / max(int(self.manifest.get("documents") or self.count), 1)
+        return max(1, min(self.count, int(np.ceil(k * max(per_doc, 1.0) * 2))))
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (scores, ids) per query; ids are -1 where fewer than k exist."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)

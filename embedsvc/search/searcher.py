@@ -22,7 +22,7 @@ from embedsvc.encoders import Encoder
 from embedsvc.search.dense import DenseIndex, IndexLoadError
 from embedsvc.search.fusion import rrf
 from embedsvc.search.lexical import search_lexical
-from embedsvc.store import Store
+from embedsvc.store import Store, document_text, split_id
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,27 @@ class SearchUnavailable(Exception):
 
 
 @dataclass
+class Passage:
+    """The part of a document that matched: its ordinal and character span in title + text."""
+
+    ord: int
+    start: int
+    end: int
+    text: str
+
+
+@dataclass
 class Hit:
     id: str
     score: float
     title: str
     text: str | None = None
     metadata: dict[str, Any] | None = None
+    passage: Passage | None = None
+
+
+# A ranked item: (document row id, score, vector id of the best passage or None).
+Ranked = tuple[int, float, int | None]
 
 
 @dataclass
@@ -105,7 +120,7 @@ class Searcher:
         index, fallback, encoder = self._plan(mode, model)
         used = "lexical" if index is None else ("hybrid" if mode == "hybrid" else "dense")
         if used == "lexical":
-            ranked = [search_lexical(self.store, q, k) for q in queries]
+            ranked = [[(d, s, None) for d, s in search_lexical(self.store, q, k)] for q in queries]
         else:
             assert encoder is not None
             ranked = self._dense(index, encoder, queries, k if used == "dense" else _HYBRID_DEPTH)
@@ -146,34 +161,57 @@ class Searcher:
         return index, None, encoder
 
     def _dense(self, index: DenseIndex, encoder: Encoder, queries: Sequence[str],
-               k: int) -> list[list[tuple[int, float]]]:
+               k: int) -> list[list[Ranked]]:
+        """Top ``k`` documents per query, each scored by its best passage."""
         vectors = encoder.encode(list(queries))
         if vectors.shape[1] != index.dim:
             raise SearchConflict(
                 f"model '{encoder.spec.model_id}' makes {vectors.shape[1]}-d vectors but the "
                 f"index holds {index.dim}-d ones; rebuild the index with this model"
             )
-        scores, ids = index.search(vectors, min(k, max(index.count, 1)))
-        return [
-            [(int(i), float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0]
-            for row_s, row_i in zip(scores, ids, strict=True)
-        ]
+        scores, ids = index.search(vectors, index.passage_depth(k))
+        return [best_passage_per_document(row_s, row_i, k)
+                for row_s, row_i in zip(scores, ids, strict=True)]
 
-    def _fuse(self, query: str, dense: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+    def _fuse(self, query: str, dense: list[Ranked], k: int) -> list[Ranked]:
         lexical = search_lexical(self.store, query, _HYBRID_DEPTH)
         if not lexical:  # nothing lexical to add: dense alone
             return dense[:k]
-        return rrf([[i for i, _ in dense], [i for i, _ in lexical]], limit=k)
+        best_passage = {doc: vid for doc, _, vid in dense}
+        fused = rrf([[doc for doc, _, _ in dense], [doc for doc, _ in lexical]], limit=k)
+        return [(doc, score, best_passage.get(doc)) for doc, score in fused]
 
-    def _hits(self, ranked: list[tuple[int, float]], include_text: bool,
+    def _hits(self, ranked: list[Ranked], include_text: bool,
               include_metadata: bool) -> list[Hit]:
-        rows = self.store.documents_by_rowid(i for i, _ in ranked)
+        rows = self.store.documents_by_rowid(doc for doc, _, _ in ranked)
+        spans = self.store.passage_spans(vid for _, _, vid in ranked if vid is not None)
         hits = []
-        for rowid, score in ranked:
-            row = rows.get(rowid)
+        for doc, score, vid in ranked:
+            row = rows.get(doc)
             if row is None:  # deleted since the index was built
                 continue
+            passage = None
+            if vid is not None and vid in spans:
+                start, end = spans[vid]
+                text = document_text(row.title, row.text)[start:end]
+                passage = Passage(split_id(vid)[1], start, end, text)
             hits.append(Hit(row.id, float(np.float32(score)), row.title,
                             row.text if include_text else None,
-                            row.metadata if include_metadata else None))
+                            row.metadata if include_metadata else None, passage))
         return hits
+
+
+def best_passage_per_document(scores: np.ndarray, ids: np.ndarray, k: int) -> list[Ranked]:
+    """Collapse a passage ranking (best first) to documents, keeping each one's best passage."""
+    seen: set[int] = set()
+    ranked: list[Ranked] = []
+    for score, vid in zip(scores, ids, strict=True):
+        if vid < 0:
+            continue
+        doc = split_id(int(vid))[0]
+        if doc not in seen:
+            seen.add(doc)
+            ranked.append((doc, float(score), int(vid)))
+            if len(ranked) == k:
+                break
+    return ranked

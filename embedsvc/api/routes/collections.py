@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
@@ -55,7 +56,7 @@ def search(name: str, body: SearchRequest, service: ServiceDep,
     return SearchResponse(
         collection=name, mode=result.mode, fallback=result.fallback,
         index_version=result.index_version, took_ms=result.took_ms,
-        hits=[hit.__dict__ for hit in result.hits],
+        hits=[asdict(hit) for hit in result.hits],
     )
 
 
