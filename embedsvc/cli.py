@@ -141,6 +141,57 @@ def _user_errors() -> Iterator[None]:
         raise fail(str(exc)) from exc
 
 
+@index_app.command("info")
+def index_info(
+    ctx: typer.Context,
+    collection: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """The served index version: layout, parameters, recall, size, build time, model."""
+    from embedsvc.collection import open_store, read_manifest
+    from indexing.versions import existing_versions
+
+    settings = _settings(ctx)
+    with _user_errors():
+        paths, store = open_store(settings.collections_dir, collection)
+        version = store.get_meta("current_version")
+        manifest = read_manifest(paths, version) if version is not None else None
+    info = {"collection": collection, "documents": store.count_documents(),
+            "passages": store.count_passages(), "current_version": version,
+            "versions_on_disk": existing_versions(paths), "manifest": manifest}
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    table = Table(title=f"{collection}: index version {version or 'none (lexical only)'}",
+                  show_header=False)
+    for key in ("documents", "passages", "versions_on_disk"):
+        table.add_row(key, str(info[key]))
+    for key in ("layout", "search_params", "count", "dim", "recall_at_10", "index_bytes",
+                "build_seconds", "reason", "model_id", "weights_sha256"):
+        if manifest and key in manifest:
+            table.add_row(key, str(manifest[key]))
+    if manifest:
+        table.add_row("shards", str(len(manifest["shards"])))
+    console.print(table)
+
+
+@index_app.command("check")
+def index_check(ctx: typer.Context, collection: str) -> None:
+    """Verify that SQLite and the FAISS files agree (ids, counts, model, checksums)."""
+    from embedsvc.collection import open_store
+    from indexing.check import check_collection
+
+    settings = _settings(ctx)
+    with _user_errors():
+        paths, store = open_store(settings.collections_dir, collection)
+        problems = check_collection(paths, store, settings.models_dir)
+    if problems:
+        for problem in problems:
+            err_console.print(f"[bold red]problem:[/] {problem}")
+        raise typer.Exit(1)
+    console.print(f"[green]{collection}: database and index agree[/]")
+
+
 def _progress() -> _DocsProgress:
     return _DocsProgress(console=err_console)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from embedsvc.files import read_json
-from embedsvc.store import DB_NAME, Store, create_schema
+from embedsvc.store import DB_NAME, SCHEMA_VERSION, Store, create_schema, schema_version
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -74,6 +74,8 @@ def open_store(collections_dir: Path, name: str, create: bool = False) -> tuple[
                 f"`embedsvc index build {name} --input PATH`"
             )
         paths.root.mkdir(parents=True, exist_ok=True)
+        create_schema(paths.db)
+    elif schema_version(paths.db) < SCHEMA_VERSION:
         create_schema(paths.db)
     return paths, Store(paths.db)
 

@@ -38,11 +38,13 @@ class Service:
         return searcher
 
     def preload(self) -> None:
-        """Start loading every model a collection is indexed with, without waiting."""
+        """Start loading every model a collection is indexed with, and map its index."""
         for name in self.collections():
-            model_id = self.searcher(name).store.get_meta("model_id")
+            searcher = self.searcher(name)
+            model_id = searcher.store.get_meta("model_id")
             if model_id:
                 self.models.get(model_id)
+                searcher.current_index()
 
     def describe(self, name: str) -> dict[str, Any]:
         searcher = self.searcher(name)

@@ -20,7 +20,7 @@ from typing import Any
 import sqlite_utils
 
 DB_NAME = "collection.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # A vector id packs the document's row id and the passage's ordinal within it.
 PASSAGE_BITS = 16
 MAX_PASSAGES = 1 << PASSAGE_BITS
@@ -64,8 +64,19 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous=NORMAL")
 
 
+def schema_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    finally:
+        conn.close()
+    return json.loads(row[0]) if row else 0
+
+
 def create_schema(path: Path) -> None:
-    """Create the tables once; safe to call on an existing database."""
+    """Create the tables; on an older database, add the ones it lacks."""
     db = sqlite_utils.Database(path)
     _configure(db.conn)
     if "documents" not in db.table_names():

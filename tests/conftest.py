@@ -140,3 +140,9 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05):
 def server(served_home: Settings) -> Iterator[RunningServer]:
     with RunningServer(served_home) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def mini_rows(mini_beir: Path) -> list[dict]:
+    """The mini corpus as rows (SciFact abstracts)."""
+    return [json.loads(line) for line in (mini_beir / "corpus.jsonl").read_text().splitlines()]

@@ -15,7 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from embedsvc.files import read_json
+from embedsvc.files import read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,16 @@ class DenseIndex:
 
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> DenseIndex:
+        """Load a version, refusing files that do not match the manifest's checksums
+        (a truncated memory-mapped file would crash the process on first touch)."""
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():
             raise IndexLoadError(f"{manifest_path} is missing")
         manifest = read_json(manifest_path)
+        for meta in manifest["shards"]:
+            path = folder / meta["file"]
+            if path.is_file() and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
+                raise IndexLoadError(f"{path} does not match its checksum; rebuild the index")
         shards = [read_shard(folder / s["file"], mmap) for s in manifest["shards"]]
         for shard, meta in zip(shards, manifest["shards"], strict=True):
             if shard.ntotal != meta["count"] or shard.d != manifest["dim"]:

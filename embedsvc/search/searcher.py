@@ -85,6 +85,7 @@ class Searcher:
         self.store = store
         self.encoders = encoders
         self._index: DenseIndex | None = None
+        self._failed_version: int | None = None
         self._reload_lock = threading.Lock()
 
     # --- the current index snapshot --------------------------------------------------------
@@ -98,14 +99,22 @@ class Searcher:
             return index
         with self._reload_lock:
             index = self._index
-            if index is None or index.manifest["version"] != wanted:
+            stale = index is None or index.manifest["version"] != wanted
+            if stale and self._failed_version != wanted:
                 try:
-                    index = DenseIndex.load(self.paths.version_dir(wanted))
+                    self._index = DenseIndex.load(self.paths.version_dir(wanted))
                     log.info("%s: serving index version %s", self.paths.name, wanted)
-                    self._index = index
                 except IndexLoadError as exc:
-                    log.error("%s: cannot load version %s: %s", self.paths.name, wanted, exc)
+                    # Keep serving what we have; never swap in a broken version.
+                    self._failed_version = wanted
+                    log.error("%s: cannot load version %s, still serving %s: %s", self.paths.name,
+                              wanted, index.manifest["version"] if index else "none", exc)
         return self._index
+
+    @property
+    def index_failed(self) -> bool:
+        """True when the version the database names could not be loaded."""
+        return self._failed_version is not None and self._index is None
 
     # --- search ----------------------------------------------------------------------------
     def search(self, query: str, k: int, mode: str = "auto", model: str | None = None,
@@ -140,6 +149,13 @@ class Searcher:
             return None, None, None
         index = self.current_index()
         if index is None:
+            if self.index_failed:
+                if mode == "dense":
+                    raise SearchUnavailable(
+                        f"the index of '{self.paths.name}' cannot be loaded (see the server log and "
+                        f"`embedsvc index check {self.paths.name}`); use mode 'auto' or 'lexical'"
+                    )
+                return None, "index_unavailable", None
             if mode == "dense":
                 raise SearchConflict(
                     f"collection '{self.paths.name}' has no dense index yet: use mode 'lexical' "

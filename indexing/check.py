@@ -1,0 +1,102 @@
+"""``embedsvc index check``: do the database and the FAISS files of a collection agree?
+
+Checks what a crash, a bad copy or a hand edit could break: the shard files against the
+checksums in the manifest, their vector counts and dimension, the model the index was
+built with against the collection's and the one installed now, and every vector id
+against the passages in SQLite (both ways). Each problem is a sentence saying what is
+wrong and what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from embedsvc.collection import CollectionPaths, read_manifest
+from embedsvc.encoders import ModelError, resolve_model
+from embedsvc.files import sha256_file
+from embedsvc.search.dense import IndexLoadError, read_shard
+from embedsvc.store import Store
+
+REBUILD = "rebuild with `embedsvc index build`"
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """All vector ids held by an index (IDMap wrappers or inverted lists)."""
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    invlists = ivf.invlists
+    parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+             for i in range(ivf.nlist) if invlists.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def check_collection(paths: CollectionPaths, store: Store, models_dir: Path) -> list[str]:
+    """Problems found in the collection's current version; empty when all agree."""
+    version = store.get_meta("current_version")
+    if version is None:
+        return []  # lexical only: nothing dense to disagree
+    try:
+        manifest = read_manifest(paths, version)
+    except Exception as exc:  # noqa: BLE001 - any unreadable manifest is the finding
+        return [f"version {version}: manifest unreadable ({exc}); {REBUILD}"]
+    problems = _check_model(manifest, store, models_dir)
+    ids: list[np.ndarray] = []
+    for shard in manifest["shards"]:
+        path = paths.version_dir(version) / shard["file"]
+        found, shard_ids = _check_shard(path, shard, manifest["dim"])
+        problems += found
+        ids.append(shard_ids)
+    if not problems:
+        problems += _check_ids(np.concatenate(ids), store)
+    return problems
+
+
+def _check_model(manifest: dict, store: Store, models_dir: Path) -> list[str]:
+    problems = []
+    if store.get_meta("model_id") != manifest["model_id"]:
+        problems.append(f"the collection names model '{store.get_meta('model_id')}' but the index "
+                        f"was built with '{manifest['model_id']}'; {REBUILD}")
+    try:
+        spec = resolve_model(manifest["model_id"], models_dir)
+    except ModelError as exc:
+        return problems + [f"the index's model cannot be found: {exc}"]
+    if spec.weights_sha256 != manifest["weights_sha256"]:
+        problems.append(f"model '{spec.model_id}' now has weights {spec.weights_sha256[:12]}…, the "
+                        f"index was built with {manifest['weights_sha256'][:12]}…; {REBUILD}")
+    return problems
+
+
+def _check_shard(path: Path, meta: dict, dim: int) -> tuple[list[str], np.ndarray]:
+    empty = np.zeros(0, dtype=np.int64)
+    if not path.is_file():
+        return [f"{path} is missing; {REBUILD}"], empty
+    if meta.get("sha256") and sha256_file(path) != meta["sha256"]:
+        return [f"{path} does not match its checksum (truncated or altered); {REBUILD}"], empty
+    try:
+        index = read_shard(path, mmap=False)
+    except IndexLoadError as exc:
+        return [str(exc)], empty
+    if index.ntotal != meta["count"] or index.d != dim:
+        return [f"{path} holds {index.ntotal} vectors of dim {index.d}, the manifest says "
+                f"{meta['count']} of dim {dim}; {REBUILD}"], empty
+    return [], index_ids(index)
+
+
+def _check_ids(ids: np.ndarray, store: Store) -> list[str]:
+    problems = []
+    if len(np.unique(ids)) != len(ids):
+        problems.append(f"{len(ids) - len(np.unique(ids))} vector ids appear twice; {REBUILD}")
+    stored = np.fromiter((r[0] for r in store.conn.execute("SELECT id FROM passages")), np.int64)
+    missing = np.setdiff1d(stored, ids)
+    orphans = np.setdiff1d(ids, stored)
+    if len(missing):
+        problems.append(f"{len(missing)} passages in SQLite have no vector (e.g. id {missing[0]}): "
+                        f"documents added or changed since the build; {REBUILD}")
+    if len(orphans):
+        problems.append(f"{len(orphans)} vectors have no passage in SQLite (e.g. id {orphans[0]}): "
+                        f"documents removed since the build; they are skipped at search time")
+    return problems
