@@ -170,3 +170,10 @@ def test_missing_model_falls_back_and_readyz_says_degraded(
         assert c._http.get("/readyz").status_code == 503
         metrics = c._http.get("/metrics").text
         assert 'fallback="model_unavailable"' in metrics
+
+
+def local_search(settings: Settings, name: str, query: str, k: int) -> list:
+    """Dense search in process, for tests that need no server."""
+    from embedsvc.cli import _local_searcher
+
+    return _local_searcher(settings, name).search(query, k, "dense").hits

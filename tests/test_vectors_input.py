@@ -1,0 +1,95 @@
+"""`index build --vectors`: embeddings made elsewhere, and every way they can be wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from embedsvc.cli import app
+from embedsvc.collection import open_store
+from embedsvc.settings import Settings
+from indexing.job import BuildJob, BuildOptions
+
+runner = CliRunner()
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = 384) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_npy(folder: Path, vectors: np.ndarray, ids: list[str]) -> Path:
+    np.save(folder / "vecs.npy", vectors)
+    (folder / "vecs.ids.txt").write_text("\n".join(ids) + "\n")
+    return folder / "vecs.npy"
+
+
+def cli(settings: Settings, *args: str):
+    return runner.invoke(app, ["--home", str(settings.home), "index", "build", "v", *args])
+
+
+def test_npy_and_parquet_build_the_same_index(settings: Settings, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    vectors, ids = unit(rng, 300), [f"id{i}" for i in range(300)]
+    npy = write_npy(tmp_path, vectors, ids)
+    result = cli(settings, "--vectors", str(npy), "--chunk-size", "64")
+    assert result.exit_code == 0, result.output
+    pq.write_table(pa.table({"id": ids, "vector": vectors.tolist()}), tmp_path / "v.parquet")
+    other = settings.model_copy(update={"home": tmp_path / "h2"})
+    BuildJob(other, "v", None, BuildOptions(vectors=tmp_path / "v.parquet", chunk_size=64)).run()
+    from embedsvc.search.dense import DenseIndex
+
+    for s in (settings, other):
+        paths, store = open_store(s.collections_dir, "v")
+        index = DenseIndex.load(paths.version_dir(store.get_meta("current_version")))
+        _, found = index.search(vectors[:5], 1)
+        assert [store.documents_by_rowid([int(f[0]) >> 16])[int(f[0]) >> 16].id
+                for f in found] == ids[:5]
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("dim", "dimension 128, the model makes 384"),
+    ("nan", "row 7 holds NaN"),
+    ("count", "holds 299 ids for 300 vectors"),
+    ("zero", "row 3 is a zero vector"),
+    ("dup", "duplicate _id 'id0'"),
+])
+def test_bad_vectors_are_refused_and_the_served_version_kept(
+        settings: Settings, tmp_path: Path, problem: str, message: str) -> None:
+    rng = np.random.default_rng(1)
+    good = write_npy(tmp_path, unit(rng, 100), [f"id{i}" for i in range(100)])
+    assert cli(settings, "--vectors", str(good)).exit_code == 0
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    vectors, ids = unit(rng, 300), [f"id{i}" for i in range(300)]
+    if problem == "dim":
+        vectors = unit(rng, 300, dim=128)
+    elif problem == "nan":
+        vectors[7, 3] = np.nan
+    elif problem == "count":
+        ids = ids[:-1]
+    elif problem == "zero":
+        vectors[3] = 0
+    elif problem == "dup":
+        ids[200] = "id0"
+    result = cli(settings, "--vectors", str(write_npy(bad_dir, vectors, ids)))
+    assert result.exit_code == 1 and message in result.output
+    _, store = open_store(settings.collections_dir, "v")
+    assert store.get_meta("current_version") == 1
+
+
+def test_missing_ids_file_and_unknown_format(settings: Settings, tmp_path: Path) -> None:
+    np.save(tmp_path / "lonely.npy", np.ones((3, 384), dtype=np.float32))
+    result = cli(settings, "--vectors", str(tmp_path / "lonely.npy"))
+    assert result.exit_code == 1 and "--ids" in result.output
+    (tmp_path / "v.csv").write_text("x")
+    result = cli(settings, "--vectors", str(tmp_path / "v.csv"))
+    assert result.exit_code == 1 and "Parquet" in result.output
+    both = cli(settings, "--vectors", str(tmp_path / "lonely.npy"), "--input", str(tmp_path))
+    assert both.exit_code == 1 and "either" in both.output
