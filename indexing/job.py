@@ -65,6 +65,7 @@ class BuildOptions:
     target_recall: float = 0.95
     shards: int | None = None
     keep_versions: int = 2
+    switch: bool = True  # False: write the version but keep serving the current one
     vectors: Path | None = None  # build from these embeddings instead of the text input
     ids: Path | None = None  # ids file of a .npy vectors file
 
@@ -177,6 +178,7 @@ class BuildJob:
         """Refuse an impossible layout or budget before any embedding is spent."""
         if self.spec is None:
             return
+        from indexing.build import working_bytes
         from indexing.layouts import choose_layout
 
         if self.options.vectors is not None:
@@ -185,8 +187,9 @@ class BuildJob:
             n = vector_count(self.options.vectors)
         else:
             n = count_items(self.source) or 1
-        choice = choose_layout(n, self.encoder.dim, self.options.memory_budget, self.options.index,
-                               self.options.target_recall)
+        dim = self.encoder.dim
+        choice = choose_layout(n, dim, self.options.memory_budget, self.options.index,
+                               self.options.target_recall, working_bytes=working_bytes(dim))
         log.info("expected layout for about %d vectors: %s", n, choice.reason)
 
     @property
@@ -341,8 +344,9 @@ class BuildJob:
                                        target_recall=o.target_recall, shards=o.shards),
             manifest,
         )
-        switch_version(self.store, number, self.spec.model_id)
-        prune_versions(self.paths, number, o.keep_versions)
+        if o.switch:
+            switch_version(self.store, number, self.spec.model_id)
+            prune_versions(self.paths, number, o.keep_versions)
         report.version = number
         report.manifest = read_manifest(self.paths, number)
 

@@ -80,10 +80,13 @@ EncoderLookup = Callable[[str], Encoder | None]
 class Searcher:
     """Answers searches for one collection with whatever is available right now."""
 
-    def __init__(self, paths: CollectionPaths, store: Store, encoders: EncoderLookup):
+    def __init__(self, paths: CollectionPaths, store: Store, encoders: EncoderLookup,
+                 pinned_version: int | None = None):
         self.paths = paths
         self.store = store
         self.encoders = encoders
+        # A version to search instead of the current one (to evaluate a candidate).
+        self.pinned_version = pinned_version
         self._index: DenseIndex | None = None
         self._failed_version: int | None = None
         self._reload_lock = threading.Lock()
@@ -91,7 +94,7 @@ class Searcher:
     # --- the current index snapshot --------------------------------------------------------
     def current_index(self) -> DenseIndex | None:
         """The index version the database names, loading it if it changed since last time."""
-        wanted = self.store.get_meta("current_version")
+        wanted = self.pinned_version or self.store.get_meta("current_version")
         index = self._index
         if wanted is None:
             return None
