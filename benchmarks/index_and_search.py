@@ -82,8 +82,8 @@ def main() -> None:
             local = time_calls(lambda q, m=mode: searcher.search(q, 10, m), queries)
             remote = time_calls(lambda q, m=mode: client.search("scifact", q, k=10, mode=m), queries)
             rows.append((mode, local, remote))
-    print(f"\n| mode | in-process p50 ms | p95 ms | q/s | HTTP p50 ms | p95 ms | q/s | HTTP/in-process p50 |"
-          f"\n|---|---|---|---|---|---|---|---|")
+    print("\n| mode | in-process p50 ms | p95 ms | q/s | HTTP p50 ms | p95 ms | q/s | HTTP/in-process p50 |"
+          "\n|---|---|---|---|---|---|---|---|")
     for mode, (lp50, lp95, lqps), (rp50, rp95, rqps) in rows:
         print(f"| {mode} | {lp50:.2f} | {lp95:.2f} | {lqps:.0f} | {rp50:.2f} | {rp95:.2f} | "
               f"{rqps:.0f} | {rp50 / lp50:.2f} |")

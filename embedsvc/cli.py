@@ -80,7 +80,7 @@ class ExecutorChoice(StrEnum):
 def index_build(
     ctx: typer.Context,
     collection: Annotated[str, typer.Argument(help="Collection name (created if missing).")],
-    input: Annotated[Path | None, typer.Option("--input", "-i", help="JSONL[.gz], CSV, Parquet or BEIR folder.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="JSONL[.gz], CSV, Parquet, BEIR dir.")] = None,
     vectors: Annotated[Path | None, typer.Option(help="Embeddings made elsewhere: .npy (+ ids) or Parquet.")] = None,
     ids: Annotated[Path | None, typer.Option(help="Ids of a .npy --vectors file, one a line.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name or folder (default: EMBEDSVC_DEFAULT_MODEL).")] = None,

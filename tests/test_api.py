@@ -11,7 +11,13 @@ import httpx
 import pytest
 
 from embedsvc.client import (
-    AsyncClient, BadRequest, Client, Conflict, ConnectionFailed, NotFound, PayloadTooLarge,
+    AsyncClient,
+    BadRequest,
+    Client,
+    Conflict,
+    ConnectionFailed,
+    NotFound,
+    PayloadTooLarge,
 )
 from embedsvc.settings import Settings
 from indexing.job import BuildJob, BuildOptions

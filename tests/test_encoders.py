@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from embedsvc.encoders import (
-    DEFAULT_MODEL, ModelError, default_model_zip, load_encoder, resolve_model, unpack_default_model,
+    DEFAULT_MODEL,
+    ModelError,
+    default_model_zip,
+    load_encoder,
+    resolve_model,
+    unpack_default_model,
     verify_default_model,
 )
 

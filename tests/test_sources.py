@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from indexing.sources import (
-    InputIssue, Record, SourceError, chunked, count_items, read_documents,
+    InputIssue,
+    Record,
+    SourceError,
+    chunked,
+    count_items,
+    read_documents,
 )
 
 
