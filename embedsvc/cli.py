@@ -70,6 +70,11 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 # --- index ----------------------------------------------------------------------------------
+class LongTextsChoice(StrEnum):
+    split = "split"
+    truncate = "truncate"
+
+
 class ExecutorChoice(StrEnum):
     local = "local"
     process = "process"
@@ -87,6 +92,9 @@ def index_build(
     lexical_only: Annotated[bool, typer.Option("--lexical-only", help="BM25 only; no model.")] = False,
     on_error: Annotated[OnErrorChoice, typer.Option(help="Bad input lines: skip or stop.")] = OnErrorChoice.fail,
     chunk_size: Annotated[int | None, typer.Option(min=1, help="Documents per chunk.")] = None,
+    long_texts: Annotated[LongTextsChoice, typer.Option(
+        help="split: passages cover long texts; truncate: embed the first window only.")
+    ] = LongTextsChoice.split,
     executor: Annotated[ExecutorChoice, typer.Option(help="Where chunks are embedded.")] = ExecutorChoice.local,
     workers: Annotated[int, typer.Option(min=1, help="Workers of the process/ray executor.")] = 2,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: local Ray).")] = None,
@@ -109,7 +117,7 @@ def index_build(
             model=model, lexical_only=lexical_only, on_error=on_error.value, chunk_size=chunk_size,
             index=index, memory_budget=parse_bytes(memory_budget) if memory_budget else None,
             target_recall=target_recall, shards=shards, keep_versions=keep_versions,
-            vectors=vectors, ids=ids,
+            vectors=vectors, ids=ids, long_texts=long_texts.value,
         )
         total = vector_count(vectors) if vectors else count_items(input) if input else None
         runner = make_executor(executor.value, workers, ray_address)

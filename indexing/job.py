@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 # Bump when the chunk files' meaning changes, so old ones are never reused.
 CHUNK_FORMAT = 2
 OnError = Literal["skip", "fail"]
+LongTexts = Literal["split", "truncate"]
 
 
 class BuildError(Exception):
@@ -66,6 +67,9 @@ class BuildOptions:
     shards: int | None = None
     keep_versions: int = 2
     switch: bool = True  # False: write the version but keep serving the current one
+    # split: overlapping passages cover the whole text; truncate: only the model's first
+    # window is embedded (the protocol of MTEB / BEIR leaderboards, to compare with them)
+    long_texts: LongTexts = "split"
     vectors: Path | None = None  # build from these embeddings instead of the text input
     ids: Path | None = None  # ids file of a .npy vectors file
 
@@ -108,11 +112,14 @@ class ChunkEmbedder:
     models_dir: str
     device: str = "cpu"
     batch_size: int = 32
+    long_texts: LongTexts = "split"
 
     def __call__(self, task: EmbedTask) -> EmbeddedChunk:
         encoder = load_encoder(self.model, Path(self.models_dir), self.device, self.batch_size)
         special = encoder.tokenizer.num_special_tokens_to_add(pair=False)
         spans = split_passages(encoder.tokenizer, task.texts, encoder.max_seq_length - special)
+        if self.long_texts == "truncate":  # the first window is all the model will see
+            spans = [doc_spans[:1] for doc_spans in spans]
         passages = [text[start:end] for text, doc_spans in zip(task.texts, spans, strict=True)
                     for start, end in doc_spans]
         return EmbeddedChunk(task, spans, encoder.encode(passages))
@@ -146,7 +153,7 @@ class BuildJob:
     def build_id(self, input_sha: str) -> str:
         """Key of the chunk files: what went into them, nothing about the index layout."""
         parts = [CHUNK_FORMAT, input_sha, self.spec.weights_sha256 if self.spec else "lexical",
-                 self.chunk_size, self.options.on_error]
+                 self.chunk_size, self.options.on_error, self.options.long_texts]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def fingerprint(self, build_id: str) -> str:
@@ -254,7 +261,8 @@ class BuildJob:
                 pass
             return []
         embed = ChunkEmbedder(self.model_name, str(self.settings.models_dir),
-                              self.settings.device, self.settings.encode_batch_size)
+                              self.settings.device, self.settings.encode_batch_size,
+                              self.options.long_texts)
         for done_chunk in self.executor.map(embed, tasks()):
             task = done_chunk.task
             ids = self.store.replace_passages(task.rowids, done_chunk.spans)
@@ -334,7 +342,7 @@ class BuildJob:
             "model_id": self.spec.model_id, "weights_sha256": self.spec.weights_sha256,
             "fingerprint": fingerprint, "build_id": build_id, "input": str(self.source),
             "embedsvc_version": __version__, "max_seq_length": encoder.max_seq_length,
-            "documents": report.documents,
+            "documents": report.documents, "long_texts": o.long_texts,
         }
         chunks = [c for c in chunks if c.exists()]
         number = write_version(

@@ -56,3 +56,15 @@ def test_k_counts_documents(settings: Settings, tmp_path: Path, k: int) -> None:
     from tests.test_api import local_search
 
     assert len(local_search(settings, "c", "cells", k)) == k
+
+
+def test_truncate_embeds_only_the_first_window(settings: Settings, tmp_path: Path) -> None:
+    filler = " ".join(["Protein synthesis in ribosomes follows the genetic code."] * 60)
+    rows = [{"_id": "long", "title": "Cell biology", "text": filler}]
+    report = BuildJob(settings, "c", write_jsonl(tmp_path / "d.jsonl", rows),
+                      BuildOptions(long_texts="truncate")).run()
+    assert report.manifest["count"] == 1 and report.manifest["long_texts"] == "truncate"
+    from tests.test_api import local_search
+
+    [hit] = local_search(settings, "c", "ribosomes", 1)
+    assert hit.passage.ord == 0 and hit.passage.end < len(rows[0]["title"] + " " + filler)

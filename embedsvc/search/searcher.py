@@ -210,8 +210,8 @@ class Searcher:
             if row is None:  # deleted since the index was built
                 continue
             passage = None
-            if vid is not None and vid in spans:
-                start, end = spans[vid]
+            start, end = spans.get(vid, (0, 0)) if vid is not None else (0, 0)
+            if end > start:  # documents with no text (embeddings made elsewhere) have none
                 text = document_text(row.title, row.text)[start:end]
                 passage = Passage(split_id(vid)[1], start, end, text)
             hits.append(Hit(row.id, float(np.float32(score)), row.title,
