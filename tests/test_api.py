@@ -183,3 +183,13 @@ def local_search(settings: Settings, name: str, query: str, k: int) -> list:
     from embedsvc.cli import _local_searcher
 
     return _local_searcher(settings, name).search(query, k, "dense").hits
+
+
+def test_client_module_loads_no_server_side_code() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, embedsvc.client; heavy = {'torch', 'faiss', 'fastapi', 'sentence_transformers',"
+            " 'embedsvc.search', 'embedsvc.store'} & set(sys.modules); print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+# The client's result types are the server's too: one definition of a hit for both sides.
+from embedsvc.client import Hit, Passage
 from embedsvc.collection import CollectionPaths
 from embedsvc.encoders import Encoder
 from embedsvc.search.dense import DenseIndex, IndexLoadError
@@ -38,26 +40,6 @@ class SearchConflict(Exception):
 
 class SearchUnavailable(Exception):
     """A needed resource is temporarily missing (HTTP 503): e.g. the model is loading."""
-
-
-@dataclass
-class Passage:
-    """The part of a document that matched: its ordinal and character span in title + text."""
-
-    ord: int
-    start: int
-    end: int
-    text: str
-
-
-@dataclass
-class Hit:
-    id: str
-    score: float
-    title: str
-    text: str | None = None
-    metadata: dict[str, Any] | None = None
-    passage: Passage | None = None
 
 
 # A ranked item: (document row id, score, vector id of the best passage or None).
