@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from embedsvc.settings import Settings
+from embedsvc.settings import Settings, use_settings
 
 app = typer.Typer(help="Embeddings and vector search: index, serve, search, evaluate.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -55,7 +55,7 @@ def main(
     home: Annotated[Path | None, typer.Option(help="Home folder (EMBEDSVC_HOME).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    settings = Settings(**({"home": home} if home else {}))
+    settings = use_settings(Settings(**({"home": home} if home else {})))
     level = "DEBUG" if verbose else settings.log_level
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=err_console, show_path=False)])
@@ -336,23 +336,34 @@ def _local_searcher(settings: Settings, collection: str) -> Any:
 @app.command("eval")
 def eval_command(
     ctx: typer.Context,
-    collection: str,
-    beir: Annotated[Path, typer.Option(help="BEIR folder with queries.jsonl and qrels/.")],
+    collection: Annotated[str | None, typer.Argument(help="Collection to evaluate.")] = None,
+    beir: Annotated[Path, typer.Option(help="BEIR folder with queries.jsonl and qrels/.")] = Path("data/scifact"),
     split: Annotated[str, typer.Option(help="qrels split to score.")] = "test",
     mode: Annotated[ModeChoice, typer.Option(help="Search mode to evaluate.")] = ModeChoice.dense,
+    model: Annotated[str | None, typer.Option(help="Evaluate a model alone (exact search) instead.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
-    """nDCG@10, MRR@10, MAP@100 and Recall@100 of a collection on BEIR judgments."""
-    from embedsvc.evaluation import evaluate_collection
-
+    """nDCG@10, MRR@10, MAP@100 and Recall@100 of a collection, or of a model alone, on BEIR."""
+    if (collection is None) == (model is None):
+        raise fail("name a COLLECTION to evaluate, or a model with --model (not both)")
     settings = _settings(ctx)
     with _user_errors():
-        metrics = evaluate_collection(_local_searcher(settings, collection), beir, split, mode.value)
+        if model is not None:
+            from embedsvc.encoders import resolve_model
+            from training.evaluate import evaluate_model
+
+            spec = resolve_model(model, settings.models_dir)
+            metrics = evaluate_model(spec.path, beir, split).metrics
+            subject = spec.model_id
+        else:
+            from embedsvc.evaluation import evaluate_collection
+
+            metrics = evaluate_collection(_local_searcher(settings, collection), beir, split, mode.value)
+            subject = f"{collection} ({mode.value})"
     if as_json:
-        console.print_json(json.dumps({"collection": collection, "mode": mode.value,
-                                       "split": split, **metrics}))
+        console.print_json(json.dumps({"subject": subject, "split": split, **metrics}))
         return
-    table = Table(title=f"{collection} on {beir.name}/{split} ({mode.value})")
+    table = Table(title=f"{subject} on {beir.name}/{split}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
@@ -360,6 +371,16 @@ def eval_command(
     console.print(table)
 
 
+def _mount_training() -> None:
+    """``train`` and ``models`` come from the training package; its CLI module is light
+    (typer only), the heavy imports happen inside the commands."""
+    from training.cli import models_app, train_command
+
+    app.command("train")(train_command)
+    app.add_typer(models_app, name="models", help="The model registry: list, show, promote.")
+
+
+_mount_training()
 
 
 # --- pipeline -------------------------------------------------------------------------------

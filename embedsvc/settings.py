@@ -7,7 +7,6 @@ environment: they take a ``Settings`` or call :func:`get_settings`.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -49,7 +48,19 @@ class Settings(BaseSettings):
         return self.home / "models"
 
 
-@lru_cache(maxsize=1)
+_current: Settings | None = None
+
+
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+    """The process-wide settings: read once from the environment unless set with
+    :func:`use_settings` (the CLI does, so ``--home`` reaches every command)."""
+    global _current
+    if _current is None:
+        _current = Settings()
+    return _current
+
+
+def use_settings(settings: Settings) -> Settings:
+    global _current
+    _current = settings
+    return settings
