@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 from embedsvc.settings import Settings, use_settings
 
@@ -65,7 +66,8 @@ def main(
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
+    """Print a user's error (never read as markup: messages hold brackets) and exit 1."""
+    err_console.print(Text.assemble(("error: ", "bold red"), message))
     return typer.Exit(code)
 
 
@@ -353,7 +355,8 @@ def eval_command(
             from training.evaluate import evaluate_model
 
             spec = resolve_model(model, settings.models_dir)
-            metrics = evaluate_model(spec.path, beir, split).metrics
+            result = evaluate_model(spec.path, beir, split)
+            metrics = {**result.metrics, "queries": float(result.queries)}
             subject = spec.model_id
         else:
             from embedsvc.evaluation import evaluate_collection
