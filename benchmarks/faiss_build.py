@@ -16,6 +16,10 @@ that phase alone:
    (queries/s, recall@10 on the held-out queries against exact top-10).
 5. ``base``: import numpy, faiss and embedsvc and exit: the fixed base of a process.
 
+This calls ``build_index`` directly on 50,000-row chunk files; the whole CLI path
+(``embedsvc index build --vectors``: SQLite ingest, 512-row chunk files, model, versions)
+is measured by ``benchmarks/vectors_build.py``.
+
 Usage::
 
     python benchmarks/faiss_build.py --n 200000

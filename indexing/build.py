@@ -9,8 +9,9 @@ index itself, the training sample and one batch. The steps, in order:
 2. choose the layout under the memory budget (:mod:`indexing.layouts`) and log why;
 3. train on a seeded random sample drawn across all chunk files (inputs are often sorted,
    so the first rows would give a skewed quantizer);
-4. clone the trained empty index once per shard and add the chunks one by one, each vector
-   to shard ``id % S``;
+4. clone the trained empty index once per shard and add the vectors in batches of up to
+   64MB packed across chunk files (thousands of 512-row FAISS calls cost twice the time on
+   a busy machine), each vector to shard ``id % S``;
 5. tune ``nprobe`` / ``efSearch`` on seeded sample queries against exact top-10 until
    recall@10 reaches the target, and record the recall measured;
 6. write ``shard-NNNN.faiss`` files atomically and return the manifest fields.
@@ -41,8 +42,12 @@ log = logging.getLogger(__name__)
 K_EVAL = 10
 # Rows per batch when reading chunk files: caps transient memory whatever the chunk size.
 BATCH_BYTES = 64 * 2**20
+# Tuning queries: 1% of the vectors, within these bounds. Their exact top-10 costs
+# (queries x corpus) inner products, work plain FAISS never does; 500 queries (5000
+# neighbours) still measure recall@10 near 0.95 to about +-0.003 (one standard error if the
+# neighbours were independent; a little more since they are not).
 MIN_TUNING_QUERIES = 100
-MAX_TUNING_QUERIES = 1000
+MAX_TUNING_QUERIES = 500
 MAX_EF_SEARCH = 4096
 # Tuning stops once doubling nprobe / efSearch adds less recall than this.
 PLATEAU = 0.001
@@ -72,14 +77,37 @@ class _Corpus:
         return max(1, BATCH_BYTES // (self.dim * 4))
 
     def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) batches over all chunks, each an in-memory copy of one slice."""
+        """(ids, vectors) batches of ``batch_rows`` rows (the last may be shorter), in order.
+
+        Consecutive chunk files are packed into one batch: a build from many small chunks
+        (512 rows by default) would otherwise make thousands of small FAISS calls, and each
+        call pays for starting and joining its OpenMP threads, which on a busy machine
+        (threads waiting for a core) cost more than the arithmetic. Each batch is a fresh
+        in-memory array filled straight from the memory-mapped files, which are unmapped
+        chunk by chunk.
+        """
+        size = self.batch_rows
+        ids_out = vec_out = None
+        filled = position = 0  # rows in the current batch; rows read so far
         for chunk in self.chunks:
             ids, vectors = chunk.load(mmap=True)
-            for start in range(0, len(ids), self.batch_rows):
-                stop = start + self.batch_rows
-                yield (np.ascontiguousarray(ids[start:stop], dtype=np.int64),
-                       np.ascontiguousarray(vectors[start:stop], dtype=np.float32))
+            start = 0
+            while start < len(ids):
+                if ids_out is None:
+                    rows = min(size, self.n - position) if position < self.n else size
+                    ids_out = np.empty(rows, dtype=np.int64)
+                    vec_out = np.empty((rows, self.dim), dtype=np.float32)
+                    filled = 0
+                take = min(len(ids_out) - filled, len(ids) - start)
+                ids_out[filled:filled + take] = ids[start:start + take]
+                vec_out[filled:filled + take] = vectors[start:start + take]
+                filled, start, position = filled + take, start + take, position + take
+                if filled == len(ids_out):
+                    yield ids_out, vec_out
+                    ids_out = vec_out = None
             del ids, vectors  # unmap before the next chunk
+        if ids_out is not None and filled:  # the files hold fewer rows than validated
+            yield ids_out[:filled], vec_out[:filled]
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """Vectors at global row numbers ``rows`` (sorted), read chunk by chunk."""

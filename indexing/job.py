@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # Bump when the chunk files' meaning changes, so old ones are never reused.
 CHUNK_FORMAT = 2
 OnError = Literal["skip", "fail"]
+# Rows per chunk for --vectors when no --chunk-size is given: nothing to embed, so chunks
+# are sized for few fsyncs and few SQLite transactions (about 48 MB of 384-d floats).
+VECTOR_CHUNK_ROWS = 32_768
 LongTexts = Literal["split", "truncate"]
 
 
@@ -140,7 +143,8 @@ class BuildJob:
         self.source = source if source is not None else options.vectors
         self.progress = progress or (lambda n: None)
         self.paths, self.store = open_store(settings.collections_dir, collection, create=True)
-        self.chunk_size = options.chunk_size or settings.chunk_size
+        default_chunk = VECTOR_CHUNK_ROWS if options.vectors is not None else settings.chunk_size
+        self.chunk_size = options.chunk_size or default_chunk
         if executor is None:
             from indexing.foreach.local import LocalExecutor
 

@@ -62,16 +62,16 @@ def read_npy(vectors: Path, ids_path: Path | None, dim: int, chunk_rows: int) ->
     ids_path = ids_path or default_ids_path(vectors)
     if not ids_path.exists():
         raise VectorSourceError(f"{vectors}: no ids file; pass --ids PATH (one id a line)")
-    try:
-        matrix = np.load(vectors, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise VectorSourceError(f"{vectors}: not a readable .npy file ({exc})") from exc
+    rows = vector_count(vectors)
     ids = _read_ids(ids_path)
-    if len(ids) != len(matrix):
-        raise VectorSourceError(f"{ids_path} holds {len(ids)} ids for {len(matrix)} vectors in "
+    if len(ids) != rows:
+        raise VectorSourceError(f"{ids_path} holds {len(ids)} ids for {rows} vectors in "
                                 f"{vectors}: they must pair up one to one")
-    for number, start in enumerate(range(0, len(matrix), chunk_rows)):
+    for number, start in enumerate(range(0, rows, chunk_rows)):
+        # A fresh map per block: pages of blocks already read leave the process's RSS.
+        matrix = np.load(vectors, mmap_mode="r", allow_pickle=False)
         block = check_vectors(matrix[start : start + chunk_rows], dim, vectors, start)
+        del matrix
         yield VectorChunk(number, ids[start : start + chunk_rows], block)
 
 
@@ -109,7 +109,10 @@ def read_vectors(path: Path, ids_path: Path | None, dim: int, chunk_rows: int) -
 
 def vector_count(path: Path) -> int:
     if path.suffix == ".npy":
-        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+        try:
+            return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+        except (ValueError, OSError) as exc:
+            raise VectorSourceError(f"{path}: not a readable .npy file ({exc})") from exc
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path).metadata.num_rows
