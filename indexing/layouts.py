@@ -318,20 +318,22 @@ def _hnsw_choice(n: int, dim: int, working: int) -> LayoutChoice:
                         peak_bytes(index, 0, dim, working), index, 0)
 
 
-def _ivf_choice(n: int, dim: int, working: int) -> LayoutChoice:
+def _ivf_coarse_choice(n: int, dim: int, working: int, codes: str) -> LayoutChoice:
+    """IVF with full (``Flat``) or 8-bit scalar-quantised (``SQ8``) codes."""
     nlist = ivf_lists(n)
     train = train_sample_size(nlist, n)
-    index = ivf_flat_bytes(n, dim, nlist)
-    return LayoutChoice(f"IVF{nlist},Flat", "ivf", {"nlist": nlist},
+    index = (ivf_flat_bytes if codes == "Flat" else ivfsq_bytes)(n, dim, nlist)
+    kind = "ivf" if codes == "Flat" else "ivfsq"
+    return LayoutChoice(f"IVF{nlist},{codes}", kind, {"nlist": nlist},
                         peak_bytes(index, train, dim, working), index, train)
+
+
+def _ivf_choice(n: int, dim: int, working: int) -> LayoutChoice:
+    return _ivf_coarse_choice(n, dim, working, "Flat")
 
 
 def _ivfsq_choice(n: int, dim: int, working: int) -> LayoutChoice:
-    nlist = ivf_lists(n)
-    train = train_sample_size(nlist, n)
-    index = ivfsq_bytes(n, dim, nlist)
-    return LayoutChoice(f"IVF{nlist},SQ8", "ivfsq", {"nlist": nlist},
-                        peak_bytes(index, train, dim, working), index, train)
+    return _ivf_coarse_choice(n, dim, working, "SQ8")
 
 
 def _ivfpq_choice(n: int, dim: int, m: int, working: int) -> LayoutChoice:

@@ -143,42 +143,30 @@ def tiny_model(folder: Path, bundled_model: Path) -> Path:
     return folder / "st"
 
 
+def index_and_deploy(mini_beir: Path, model: Path | None, after: str | None) -> str:
+    """TOML for an `index` stage (a candidate built with ``model``) and its `deploy`."""
+    model_line = f'model = "{model}"\n' if model else ""
+    after_line = f'after = ["{after}"]\n' if after else ""
+    return (f'[stages.index]\nkind = "index"\n{after_line}collection = "c"\n'
+            f'input = "{mini_beir}"\n{model_line}'
+            f'[stages.deploy]\nkind = "deploy"\nversion = "${{index.version}}"\n'
+            f'beir = "{mini_beir}"\ncollection = "c"\n')
+
+
 def test_deploy_switches_only_to_a_better_model(settings: Settings, tmp_path: Path,
                                                 bundled_model: Path, mini_beir: Path) -> None:
     tiny = tiny_model(tmp_path / "tiny", bundled_model)
-    common = f'beir = "{mini_beir}"\ncollection = "c"\n'
     better = tmp_path / "better.toml"
-    better.write_text(f'''name = "better"
-[stages.ingest]
-kind = "ingest"
-collection = "c"
-input = "{mini_beir}"
-model = "{tiny}"
-[stages.index]
-kind = "index"
-after = ["ingest"]
-collection = "c"
-input = "{mini_beir}"
-[stages.deploy]
-kind = "deploy"
-version = "${{index.version}}"
-{common}''')
+    better.write_text(f'name = "better"\n[stages.ingest]\nkind = "ingest"\ncollection = "c"\n'
+                      f'input = "{mini_beir}"\nmodel = "{tiny}"\n'
+                      + index_and_deploy(mini_beir, None, after="ingest"))
     run = runner.invoke(app, ["--home", str(settings.home), "pipeline", "run", str(better)])
     assert run.exit_code == 0, run.output
     _, store = open_store(settings.collections_dir, "c")
     assert store.get_meta("current_version") == 2 and store.get_meta("model_id") == "all-MiniLM-L6-v2"
 
     worse = tmp_path / "worse.toml"
-    worse.write_text(f'''name = "worse"
-[stages.index]
-kind = "index"
-collection = "c"
-input = "{mini_beir}"
-model = "{tiny}"
-[stages.deploy]
-kind = "deploy"
-version = "${{index.version}}"
-{common}''')
+    worse.write_text('name = "worse"\n' + index_and_deploy(mini_beir, tiny, after=None))
     run = runner.invoke(app, ["--home", str(settings.home), "pipeline", "run", str(worse)])
     assert run.exit_code == 0, run.output
     assert store.get_meta("current_version") == 2
