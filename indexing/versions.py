@@ -52,7 +52,7 @@ def write_version(
 def switch_version(store: Store, number: int | None, model_id: str | None) -> None:
     """Make ``number`` the served version (None: lexical only) in one transaction."""
     store.set_meta(current_version=number, model_id=model_id)
-    log.info("switched to index version %s", number)
+    log.info("switched to %s", f"index version {number}" if number else "lexical only")
 
 
 def prune_versions(paths: CollectionPaths, current: int | None, keep: int) -> list[int]:

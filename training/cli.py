@@ -21,7 +21,7 @@ models_app = typer.Typer(help="List, inspect and promote trained model versions.
 
 
 def _fail(message: str) -> None:
-    from embedsvc.cli import fail  # one way to report a user's error across the CLI
+    from embedsvc.cli_common import fail  # one way to report a user's error across the CLI
 
     raise fail(message)
 

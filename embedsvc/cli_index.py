@@ -1,0 +1,188 @@
+"""``embedsvc index build|info|check``: build a collection's index versions and inspect them."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from embedsvc.cli_common import console, err_console, settings_of, user_errors
+
+index_app = typer.Typer(help="Build and inspect a collection's indexes.", no_args_is_help=True)
+
+
+class OnErrorChoice(StrEnum):
+    skip = "skip"
+    fail = "fail"
+
+
+class LongTextsChoice(StrEnum):
+    split = "split"
+    truncate = "truncate"
+
+
+class ExecutorChoice(StrEnum):
+    local = "local"
+    process = "process"
+    ray = "ray"
+
+
+@index_app.command("build")
+def index_build(
+    ctx: typer.Context,
+    collection: Annotated[str, typer.Argument(help="Collection name (created if missing).")],
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="JSONL[.gz], CSV, Parquet, BEIR dir.")] = None,
+    vectors: Annotated[Path | None, typer.Option(help="Embeddings made elsewhere: .npy (+ ids) or Parquet.")] = None,
+    ids: Annotated[Path | None, typer.Option(help="Ids of a .npy --vectors file, one a line.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name or folder (default: EMBEDSVC_DEFAULT_MODEL).")] = None,
+    lexical_only: Annotated[bool, typer.Option("--lexical-only", help="BM25 only; no model.")] = False,
+    on_error: Annotated[OnErrorChoice, typer.Option(help="Bad input lines: skip or stop.")] = OnErrorChoice.fail,
+    chunk_size: Annotated[int | None, typer.Option(min=1, help="Documents per chunk.")] = None,
+    long_texts: Annotated[LongTextsChoice, typer.Option(
+        help="split: passages cover long texts; truncate: embed the first window only.")
+    ] = LongTextsChoice.split,
+    executor: Annotated[ExecutorChoice, typer.Option(help="Where chunks are embedded.")] = ExecutorChoice.local,
+    workers: Annotated[int, typer.Option(min=1, help="Workers of the process/ray executor.")] = 2,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: local Ray).")] = None,
+    index: Annotated[str, typer.Option(help="auto|flat|hnsw|ivf|ivfsq|ivfpq or a FAISS factory string.")] = "auto",
+    memory_budget: Annotated[str | None, typer.Option(help="Most memory the index may take, e.g. 4GB.")] = None,
+    target_recall: Annotated[float, typer.Option(min=0.1, max=1.0, help="recall@10 to tune for.")] = 0.95,
+    shards: Annotated[int | None, typer.Option(min=1, help="Split the index into this many shards.")] = None,
+    keep_versions: Annotated[int, typer.Option(min=1, help="Index versions to keep on disk.")] = 2,
+) -> None:
+    """Read the input as a stream of chunks, store and embed each, and build an index version."""
+    from indexing.foreach import make_executor
+    from indexing.job import BuildJob, BuildOptions
+    from indexing.layouts import parse_bytes
+    from indexing.sources import count_items
+    from indexing.vector_sources import vector_count
+
+    settings = settings_of(ctx)
+    with user_errors():
+        options = BuildOptions(
+            model=model, lexical_only=lexical_only, on_error=on_error.value, chunk_size=chunk_size,
+            index=index, memory_budget=parse_bytes(memory_budget) if memory_budget else None,
+            target_recall=target_recall, shards=shards, keep_versions=keep_versions,
+            vectors=vectors, ids=ids, long_texts=long_texts.value,
+        )
+        total = vector_count(vectors) if vectors else count_items(input) if input else None
+        runner = make_executor(executor.value, workers, ray_address)
+        try:
+            with _progress() as progress:
+                task = progress.add_task(f"indexing {collection}", total=total)
+                job = BuildJob(settings, collection, input, options, executor=runner,
+                               progress=lambda n: progress.advance(task, n))
+                report = job.run()
+        finally:
+            runner.close()
+    _print_build(report)
+
+
+@index_app.command("info")
+def index_info(
+    ctx: typer.Context,
+    collection: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """The served index version: layout, parameters, recall, size, build time, model."""
+    from embedsvc.collection import open_store, read_manifest
+    from indexing.versions import existing_versions
+
+    settings = settings_of(ctx)
+    with user_errors():
+        paths, store = open_store(settings.collections_dir, collection)
+        version = store.get_meta("current_version")
+        manifest = read_manifest(paths, version) if version is not None else None
+    info = {"collection": collection, "documents": store.count_documents(),
+            "passages": store.count_passages(), "current_version": version,
+            "versions_on_disk": existing_versions(paths), "manifest": manifest}
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    table = Table(title=f"{collection}: index version {version or 'none (lexical only)'}",
+                  show_header=False)
+    for key in ("documents", "passages", "versions_on_disk"):
+        table.add_row(key, str(info[key]))
+    for key in ("layout", "search_params", "count", "dim", "recall_at_10", "index_bytes",
+                "build_seconds", "reason", "model_id", "weights_sha256"):
+        if manifest and key in manifest:
+            table.add_row(key, str(manifest[key]))
+    if manifest:
+        table.add_row("shards", str(len(manifest["shards"])))
+    console.print(table)
+
+
+@index_app.command("check")
+def index_check(ctx: typer.Context, collection: str) -> None:
+    """Verify that SQLite and the FAISS files agree (ids, counts, model, checksums)."""
+    from embedsvc.collection import open_store
+    from indexing.check import check_collection
+
+    settings = settings_of(ctx)
+    with user_errors():
+        paths, store = open_store(settings.collections_dir, collection)
+        problems = check_collection(paths, store, settings.models_dir)
+    if problems:
+        for problem in problems:
+            err_console.print(f"[bold red]problem:[/] {problem}")
+        raise typer.Exit(1)
+    console.print(f"[green]{collection}: database and index agree[/]")
+
+
+def _progress() -> _DocsProgress:
+    return _DocsProgress(console=err_console)
+
+
+def _print_build(report: Any) -> None:
+    if report.status == "up_to_date":
+        console.print(f"[green]{report.collection}[/] is up to date with this input and model "
+                      f"({report.documents} documents); nothing to do")
+        return
+    console.print(f"[green]built {report.collection}[/]: {report.documents} documents in "
+                  f"{report.seconds:.1f}s ({report.docs_per_second:.1f} docs/s), "
+                  f"{report.chunks_reused} chunks reused, "
+                  + (f"index version {report.version}" if report.version else "lexical only"))
+    if report.issues:
+        console.print(f"[yellow]skipped {len(report.issues)} input lines[/]:")
+        for issue in report.issues[:20]:
+            console.print(f"  {issue}")
+
+
+class _DocsProgress:
+    """A rich progress bar showing documents, docs/s and the ETA."""
+
+    def __init__(self, console: Console):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[cyan]{task.fields[rate]} docs/s"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=console,
+        )
+
+    def __enter__(self) -> _DocsProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)
+
+    def add_task(self, description: str, total: int | None) -> Any:
+        return self._progress.add_task(description, total=total, rate="-")
+
+    def advance(self, task: Any, n: int) -> None:
+        self._progress.advance(task, n)
+        speed = self._progress.tasks[task].speed
+        self._progress.update(task, rate=f"{speed:.1f}" if speed else "-")
