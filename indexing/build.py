@@ -16,8 +16,8 @@ index itself, the training sample and one batch. The steps, in order:
    recall@10 reaches the target, and record the recall measured;
 6. write ``shard-NNNN.faiss`` files atomically and return the manifest fields.
 
-:func:`search_shards` is the search side of sharding: fan out, then merge the top k exactly
-as a single index would.
+Sharded search (fan out, then merge the top k exactly as one index would) is
+``embedsvc.search.dense.search_shards``, shared by the tuning here and by serving.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import faiss
 import numpy as np
 
 from embedsvc.files import sha256_file, write_atomic_with
+from embedsvc.search.dense import search_shards
 from indexing.chunkfiles import ChunkFile
 from indexing.layouts import LayoutChoice, LayoutError, choose_layout, classify, format_bytes
 
@@ -492,44 +492,6 @@ class _Clock:
 
     def total(self) -> float:
         return time.perf_counter() - self.started
-
-
-def search_shards(
-    indexes: list[faiss.Index],
-    queries: np.ndarray,
-    k: int,
-    *,
-    pool: Executor | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Search every shard in parallel and merge the top ``k`` as one index would.
-
-    Ties are broken by id, so the result does not depend on shard order; missing results
-    (fewer than ``k`` vectors reachable) are id -1 with score -inf, at the end.
-
-    Args:
-        indexes: the shards, all of one layout with search parameters already set.
-        queries: (nq, dim) float32 queries.
-        k: results per query.
-        pool: executor to run the shard searches on; a temporary one when None.
-
-    Returns:
-        (scores (nq, k) float32, ids (nq, k) int64), best first.
-    """
-    if not indexes:
-        raise ValueError("search_shards needs at least one index")
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if len(indexes) == 1:
-        results = [indexes[0].search(queries, k)]
-    elif pool is not None:
-        results = list(pool.map(lambda ix: ix.search(queries, k), indexes))
-    else:
-        with ThreadPoolExecutor(max_workers=len(indexes)) as own:
-            results = list(own.map(lambda ix: ix.search(queries, k), indexes))
-    scores = np.concatenate([r[0] for r in results], axis=1)  # (nq, shards * k)
-    ids = np.concatenate([r[1] for r in results], axis=1)
-    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
-    order = np.lexsort((ids, -scores), axis=1)[:, :k]
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
 __all__ = ["BuildError", "LayoutError", "build_index", "exact_topk", "recall_at_k",

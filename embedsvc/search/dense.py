@@ -8,7 +8,7 @@ swapped in by reference.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +43,43 @@ def read_shard(path: Path, mmap: bool = True) -> faiss.Index:
         raise IndexLoadError(f"{path} cannot be read by FAISS ({exc}); rebuild the index") from exc
 
 
-def merge_topk(
-    scores: list[np.ndarray], ids: list[np.ndarray], k: int
+def search_shards(
+    indexes: list[faiss.Index],
+    queries: np.ndarray,
+    k: int,
+    *,
+    pool: Executor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard results (each (nq, k)) into the top ``k`` one index would return.
+    """Search every shard in parallel and merge the top ``k`` as one index would.
 
-    Ties are broken by id so the merge is deterministic whatever the shard order.
+    Ties are broken by id, so the result does not depend on shard order; missing results
+    (fewer than ``k`` vectors reachable) are id -1 with score -inf, at the end.
+
+    Args:
+        indexes: the shards, all of one layout with search parameters already set.
+        queries: (nq, dim) float32 queries.
+        k: results per query.
+        pool: executor to run the shard searches on; a temporary one when None.
+
+    Returns:
+        (scores (nq, k) float32, ids (nq, k) int64), best first.
     """
-    all_scores = np.concatenate(scores, axis=1)  # (nq, shards * k)
-    all_ids = np.concatenate(ids, axis=1)
-    all_scores = np.where(all_ids < 0, -np.inf, all_scores)
-    order = np.lexsort((all_ids, -all_scores), axis=1)[:, :k]
-    return (np.take_along_axis(all_scores, order, axis=1),
-            np.take_along_axis(all_ids, order, axis=1))
+    if not indexes:
+        raise ValueError("search_shards needs at least one index")
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if len(indexes) == 1:
+        results = [indexes[0].search(queries, k)]
+    elif pool is not None:
+        results = list(pool.map(lambda ix: ix.search(queries, k), indexes))
+    else:
+        with ThreadPoolExecutor(max_workers=len(indexes)) as own:
+            results = list(own.map(lambda ix: ix.search(queries, k), indexes))
+    scores = np.concatenate([r[0] for r in results], axis=1)  # (nq, shards * k)
+    ids = np.concatenate([r[1] for r in results], axis=1)
+    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+    order = np.lexsort((ids, -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
 
 
 class DenseIndex:
@@ -109,9 +133,4 @@ class DenseIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (scores, ids) per query; ids are -1 where fewer than k exist."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if len(self.shards) == 1:
-            return self.shards[0].search(queries, k)
-        assert self._pool is not None
-        parts = list(self._pool.map(lambda s: s.search(queries, k), self.shards))
-        return merge_topk([p[0] for p in parts], [p[1] for p in parts], k)
+        return search_shards(self.shards, queries, k, pool=self._pool)

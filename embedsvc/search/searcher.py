@@ -12,8 +12,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -53,7 +53,6 @@ class SearchResult:
     fallback: str | None = None
     index_version: int | None = None
     took_ms: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 EncoderLookup = Callable[[str], Encoder | None]
