@@ -11,7 +11,7 @@ import json
 import logging
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.logging import RichHandler
@@ -96,8 +96,10 @@ def search(
 def _search_local(settings: Settings, collection: str, query: str, k: int, mode: str) -> dict:
     from dataclasses import asdict
 
+    from embedsvc.service import local_searcher
+
     with user_errors():
-        result = _local_searcher(settings, collection).search(query, k, mode)
+        result = local_searcher(settings, collection).search(query, k, mode)
     return {"collection": collection, "mode": result.mode, "fallback": result.fallback,
             "index_version": result.index_version, "took_ms": result.took_ms,
             "hits": [asdict(h) for h in result.hits]}
@@ -113,17 +115,6 @@ def _search_remote(url: str, collection: str, query: str, k: int, mode: str) -> 
             return asdict(client.search(collection, query, k=k, mode=mode))
     except EmbedsvcError as exc:
         raise fail(exc.message) from exc
-
-
-def _local_searcher(settings: Settings, collection: str) -> Any:
-    """A searcher whose model lookup blocks: a CLI run wants dense results, not a fallback."""
-    from embedsvc.collection import open_store
-    from embedsvc.encoders import load_encoder
-    from embedsvc.search.searcher import Searcher
-
-    paths, store = open_store(settings.collections_dir, collection)
-    return Searcher(paths, store, lambda name: load_encoder(
-        name, settings.models_dir, settings.device, settings.encode_batch_size))
 
 
 # --- eval -----------------------------------------------------------------------------------
@@ -152,8 +143,9 @@ def eval_command(
             subject = spec.model_id
         else:
             from embedsvc.evaluation import evaluate_collection
+            from embedsvc.service import local_searcher
 
-            metrics = evaluate_collection(_local_searcher(settings, collection), beir, split, mode.value)
+            metrics = evaluate_collection(local_searcher(settings, collection), beir, split, mode.value)
             subject = f"{collection} ({mode.value})"
     if as_json:
         console.print_json(json.dumps({"subject": subject, "split": split, **metrics}))

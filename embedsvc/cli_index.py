@@ -59,8 +59,6 @@ def index_build(
     from indexing.foreach import make_executor
     from indexing.job import BuildJob, BuildOptions
     from indexing.layouts import parse_bytes
-    from indexing.sources import count_items
-    from indexing.vector_sources import vector_count
 
     settings = settings_of(ctx)
     with user_errors():
@@ -70,13 +68,12 @@ def index_build(
             target_recall=target_recall, shards=shards, keep_versions=keep_versions,
             vectors=vectors, ids=ids, long_texts=long_texts.value,
         )
-        total = vector_count(vectors) if vectors else count_items(input) if input else None
         runner = make_executor(executor.value, workers, ray_address)
         try:
+            job = BuildJob(settings, collection, input, options, executor=runner)
             with _progress() as progress:
-                task = progress.add_task(f"indexing {collection}", total=total)
-                job = BuildJob(settings, collection, input, options, executor=runner,
-                               progress=lambda n: progress.advance(task, n))
+                task = progress.add_task(f"indexing {collection}", total=job.expected_items)
+                job.progress = lambda n: progress.advance(task, n)
                 report = job.run()
         finally:
             runner.close()

@@ -18,6 +18,18 @@ from embedsvc.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def local_searcher(settings: Settings, collection: str,
+                   pinned_version: int | None = None) -> Searcher:
+    """A searcher for batch work (CLI, evaluation, pipeline stages) whose model lookup
+    blocks until the model is loaded: such callers want dense results, not a fallback."""
+    from embedsvc.encoders import load_encoder
+
+    paths, store = open_store(settings.collections_dir, collection)
+    return Searcher(paths, store, lambda name: load_encoder(
+        name, settings.models_dir, settings.device, settings.encode_batch_size),
+        pinned_version=pinned_version)
+
+
 class Service:
     def __init__(self, settings: Settings):
         self.settings = settings

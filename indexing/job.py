@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -192,16 +193,20 @@ class BuildJob:
         from indexing.build import working_bytes
         from indexing.layouts import choose_layout
 
-        if self.options.vectors is not None:
-            from indexing.vector_sources import vector_count
-
-            n = vector_count(self.options.vectors)
-        else:
-            n = count_items(self.source) or 1
+        n = self.expected_items or 1
         dim = self.encoder.dim
         choice = choose_layout(n, dim, self.options.memory_budget, self.options.index,
                                self.options.target_recall, working_bytes=working_bytes(dim))
         log.info("expected layout for about %d vectors: %s", n, choice.reason)
+
+    @cached_property
+    def expected_items(self) -> int | None:
+        """Input lines (or vectors): the progress total and the layout estimate's size."""
+        if self.options.vectors is not None:
+            from indexing.vector_sources import vector_count
+
+            return vector_count(self.options.vectors)
+        return count_items(self.source)
 
     @property
     def encoder(self) -> Any:

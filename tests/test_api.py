@@ -180,9 +180,9 @@ def test_missing_model_falls_back_and_readyz_says_degraded(
 
 def local_search(settings: Settings, name: str, query: str, k: int) -> list:
     """Dense search in process, for tests that need no server."""
-    from embedsvc.cli import _local_searcher
+    from embedsvc.service import local_searcher
 
-    return _local_searcher(settings, name).search(query, k, "dense").hits
+    return local_searcher(settings, name).search(query, k, "dense").hits
 
 
 def test_client_module_loads_no_server_side_code() -> None:

@@ -55,14 +55,9 @@ def index(ctx: StageContext, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _searcher(ctx: StageContext, collection: str, version: int | None = None) -> Any:
-    from embedsvc.collection import open_store
-    from embedsvc.encoders import load_encoder
-    from embedsvc.search.searcher import Searcher
+    from embedsvc.service import local_searcher
 
-    paths, store = open_store(ctx.settings.collections_dir, collection)
-    settings = ctx.settings
-    return Searcher(paths, store, lambda name: load_encoder(name, settings.models_dir, settings.device),
-                    pinned_version=version)
+    return local_searcher(ctx.settings, collection, version)
 
 
 def mine_negatives(ctx: StageContext, params: dict[str, Any]) -> dict[str, Any]:
