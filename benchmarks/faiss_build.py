@@ -148,8 +148,15 @@ def phase_search(work: Path, rounds: int = 3) -> dict[str, Any]:
     q, truth = np.load(work / "queries.npy"), np.load(work / "truth.npy")
     paths = {"embedsvc": lambda b: search_shards(shards, b, K)[1],
              "plain": lambda b: plain.search(b, K)[1]}
-    best = {name: math.inf for name in paths}
-    recall = {}
+    return time_alternating(paths, q, truth, rounds)
+
+
+def time_alternating(paths: dict[str, Any], q: np.ndarray, truth: np.ndarray,
+                     rounds: int) -> dict[str, dict[str, float]]:
+    """Best-of-``rounds`` queries/s and recall@10 of each search path, timed in turn so
+    that load from other processes falls on all of them alike."""
+    best = dict.fromkeys(paths, math.inf)
+    recall: dict[str, float] = {}
     for _ in range(rounds):
         for name, search in paths.items():
             seconds, found = _timed(search, q)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -60,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from faiss_build import synthetic  # noqa: E402
+from faiss_build import synthetic, time_alternating  # noqa: E402
 
 log = logging.getLogger("benchmarks.vectors_build")
 
@@ -222,17 +221,6 @@ def phase_plain(work: Path, factory: str, train_size: int, seed: int) -> dict[st
             "index_bytes": (work / "plain.faiss").stat().st_size}
 
 
-def _timed(search: Any, q: np.ndarray) -> tuple[float, np.ndarray]:
-    started = time.perf_counter()
-    found = np.vstack([search(q[i:i + 100]) for i in range(0, len(q), 100)])
-    return time.perf_counter() - started, found
-
-
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    hits = (found[:, :, None] == truth[:, None, :]) & (found[:, :, None] >= 0)
-    return float(hits.any(axis=1).sum() / truth.size)
-
-
 def phase_search(work: Path, version_dir: str, db: str, rounds: int = 3) -> dict[str, Any]:
     """Both indexes, same parameters, alternating rounds; queries/s and recall@10."""
     import faiss
@@ -258,14 +246,7 @@ def phase_search(work: Path, version_dir: str, db: str, rounds: int = 3) -> dict
     q, truth = np.load(work / "queries.npy"), np.load(work / "truth.npy")
     paths = {"embedsvc": lambda b: to_rows(served.search(b, K)[1]),
              "plain": lambda b: plain.search(b, K)[1]}
-    best = dict.fromkeys(paths, math.inf)
-    recall: dict[str, float] = {}
-    for _ in range(rounds):
-        for name, search in paths.items():
-            seconds, found = _timed(search, q)
-            best[name] = min(best[name], seconds)
-            recall[name] = _recall(found, truth)
-    return {name: {"qps": len(q) / best[name], "recall": recall[name]} for name in paths}
+    return time_alternating(paths, q, truth, rounds)
 
 
 PHASES = {"generate": phase_generate, "plain": phase_plain, "search": phase_search}
