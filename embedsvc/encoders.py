@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsvc.files import sha256_file
+from embedsvc.files import read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,50 @@ def resolve_model(name: str, models_dir: Path) -> ModelSpec:
         f"unknown model '{name}': use '{DEFAULT_MODEL}', a registered model version "
         "(name/version), or the path of a sentence-transformers model folder"
     )
+
+
+def configured_dimension(folder: Path) -> int | None:
+    """The size of a model's vectors as its saved configuration states it, without loading it.
+
+    A build from embeddings made elsewhere needs only this number, and loading the model
+    for it (torch, the weights) costs seconds. Reads the modules sentence-transformers
+    writes (Pooling in the legacy ``pooling_mode_*`` and the 6.x ``pooling_mode`` forms,
+    Dense, Normalize, the Transformer before them); any other module, or a config it cannot
+    read, gives None and the caller loads the model instead of guessing.
+    """
+    try:
+        modules = read_json(folder / "modules.json")
+        dim = None
+        for module in modules:
+            kind = str(module["type"]).rsplit(".", 1)[-1]
+            if kind in ("Transformer", "Normalize"):
+                continue  # the Transformer's width reaches Pooling; Normalize keeps the size
+            if kind not in ("Pooling", "Dense"):
+                return None
+            config = read_json(folder / module["path"] / "config.json")
+            if kind == "Dense":
+                dim = config["out_features"]
+                continue
+            width = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+            modes = config.get("pooling_mode")
+            if modes is None:  # legacy: one boolean per mode, the outputs concatenated
+                count = sum(1 for k, v in config.items() if k.startswith("pooling_mode_") and v is True)
+            else:
+                count = 1 if isinstance(modes, str) else len(modes)
+            dim = width * count
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def embedding_dimension(name: str, models_dir: Path) -> int:
+    """Size of the vectors model ``name`` makes: from its configuration, else by loading it."""
+    spec = resolve_model(name, models_dir)
+    dim = configured_dimension(spec.path)
+    if dim is None:
+        log.info("%s: vector size not in its configuration; loading the model to learn it", name)
+        dim = load_encoder(name, models_dir).dim
+    return dim
 
 
 class Encoder:

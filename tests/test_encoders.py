@@ -11,7 +11,9 @@ import pytest
 from embedsvc.encoders import (
     DEFAULT_MODEL,
     ModelError,
+    configured_dimension,
     default_model_zip,
+    embedding_dimension,
     load_encoder,
     resolve_model,
     unpack_default_model,
@@ -62,3 +64,37 @@ def test_unknown_and_weightless_models(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no model weights"):
         resolve_model(str(tmp_path / "empty"), tmp_path)
+
+
+def test_vector_size_is_read_from_the_saved_configuration(tmp_path: Path,
+                                                          bundled_model: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+
+    assert configured_dimension(bundled_model) == 384  # the published, legacy-format config
+    transformer = Transformer(str(bundled_model))
+    for modules, size in (([Pooling(384, ["mean", "max"])], 768),
+                          ([Pooling(384, "mean"), Dense(384, 96)], 96)):
+        model = SentenceTransformer(modules=[transformer, *modules])
+        model.save(str(tmp_path / str(size)))  # the format this sentence-transformers writes
+        assert configured_dimension(tmp_path / str(size)) == size
+        assert model.get_embedding_dimension() == size
+
+
+def test_an_unknown_module_means_loading_the_model_to_learn_its_size(tmp_path: Path,
+                                                                     bundled_model: Path) -> None:
+    import json
+
+    custom = tmp_path / "custom"
+    shutil.copytree(bundled_model, custom)
+    modules = json.loads((custom / "modules.json").read_text())
+    modules.append({"idx": 3, "name": "3", "path": "", "type": "my_package.Whitening"})
+    (custom / "modules.json").write_text(json.dumps(modules))
+    assert configured_dimension(custom) is None
+    (custom / "modules.json").write_text(json.dumps(modules[:-1]))
+    pooling = custom / "1_Pooling" / "config.json"
+    pooling.write_text("{not json")
+    assert configured_dimension(custom) is None
+    pooling.write_text('{"word_embedding_dimension": 384}')  # no mode: the library's default
+    assert configured_dimension(custom) is None
+    assert embedding_dimension(str(custom), tmp_path / "models") == 384  # loaded: still right
