@@ -12,15 +12,16 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
 DB_NAME = "collection.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # A vector id packs the document's row id and the passage's ordinal within it.
 PASSAGE_BITS = 16
 MAX_PASSAGES = 1 << PASSAGE_BITS
@@ -75,21 +76,62 @@ def schema_version(path: Path) -> int:
     return json.loads(row[0]) if row else 0
 
 
+def _has_text(row: str) -> str:
+    return f"(coalesce({row}.title, '') <> '' OR coalesce({row}.text, '') <> '')"
+
+
+# The FTS5 table mirrors only documents that have text. Documents built from --vectors have
+# none, and indexing their empty strings cost more than storing them (2.2s a million).
+# Insert and delete must agree on the condition, or FTS5's external-content index breaks.
+_FTS_TRIGGERS = {
+    "documents_ai": f"""AFTER INSERT ON documents WHEN {_has_text("new")} BEGIN
+      INSERT INTO documents_fts(rowid, title, text) VALUES (new.rowid, new.title, new.text);
+    END""",
+    "documents_ad": f"""AFTER DELETE ON documents WHEN {_has_text("old")} BEGIN
+      INSERT INTO documents_fts(documents_fts, rowid, title, text)
+        VALUES ('delete', old.rowid, old.title, old.text);
+    END""",
+    "documents_au": f"""AFTER UPDATE ON documents BEGIN
+      INSERT INTO documents_fts(documents_fts, rowid, title, text)
+        SELECT 'delete', old.rowid, old.title, old.text WHERE {_has_text("old")};
+      INSERT INTO documents_fts(rowid, title, text)
+        SELECT new.rowid, new.title, new.text WHERE {_has_text("new")};
+    END""",
+}
+
+
+def _text_only_fts(conn: sqlite3.Connection, resync: bool) -> None:
+    """Install the FTS triggers; ``resync`` re-derives the FTS rows from the documents."""
+    with conn:
+        for name, body in _FTS_TRIGGERS.items():
+            conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+            conn.execute(f"CREATE TRIGGER {name} {body}")
+        if resync:  # schema 2 indexed empty documents too; rebuild from the text ones only
+            conn.execute("INSERT INTO documents_fts(documents_fts) VALUES ('delete-all')")
+            conn.execute("INSERT INTO documents_fts(rowid, title, text) SELECT rowid, title, "
+                         f"text FROM documents WHERE {_has_text('documents')}")
+
+
 def create_schema(path: Path) -> None:
-    """Create the tables; on an older database, add the ones it lacks."""
+    """Create the tables; on an older database, add the ones it lacks and migrate the rest."""
     db = sqlite_utils.Database(path)
     _configure(db.conn)
-    if "documents" not in db.table_names():
+    existed = "documents" in db.table_names()
+    if not existed:
         db["documents"].create(
             {"rowid": int, "id": str, "title": str, "text": str, "metadata": str,
              "build": str, "line": int},
             pk="rowid", not_null={"id"},
         )
         db["documents"].create_index(["id"], unique=True)
-        db["documents"].create_index(["build"])
         db["documents"].enable_fts(
-            ["title", "text"], fts_version="FTS5", tokenize="porter", create_triggers=True
+            ["title", "text"], fts_version="FTS5", tokenize="porter", create_triggers=False
         )
+    if not existed or schema_version(path) < 3:
+        _text_only_fts(db.conn, resync=existed)
+    # schema 2 indexed the build column: 15% of every insert, and no query gains from it
+    # (a build's statements touch most rows; existing_lines goes through the id index)
+    db.conn.execute("DROP INDEX IF EXISTS idx_documents_build")
     db["passages"].create(
         {"id": int, "doc": int, "ord": int, "start": int, "end": int}, pk="id", if_not_exists=True,
     )
@@ -154,8 +196,8 @@ class Store:
         for start in range(0, len(ids), 900):
             part = ids[start : start + 900]
             marks = ",".join("?" * len(part))
-            # "+build" keeps SQLite on the id index: the build index would scan every row
-            # stored so far for each chunk, which makes a large build quadratic.
+            # "+build" keeps SQLite on the id index even if a build index exists: scanning
+            # every row stored so far for each chunk makes a large build quadratic.
             rows = self.conn.execute(
                 f"SELECT id, line FROM documents WHERE +build = ? AND id IN ({marks})",
                 (build, *part),
@@ -165,8 +207,19 @@ class Store:
 
     def upsert_documents(self, docs: Sequence[NewDocument], build: str) -> list[int]:
         """Insert or update documents in one transaction; return their row ids in order."""
-        rows = [(d.id, d.title, d.text, json.dumps(d.metadata) if d.metadata else "{}", build,
-                 d.line) for d in docs]
+        self._upsert((d.id, d.title, d.text, json.dumps(d.metadata) if d.metadata else "{}",
+                      build, d.line) for d in docs)
+        return self.rowids([d.id for d in docs])
+
+    def upsert_bare_documents(self, ids: Sequence[str], lines: Iterable[int], build: str) -> None:
+        """Documents known only by id (vectors made elsewhere), in one transaction.
+
+        Rows are zipped straight from the ids: building a million document objects first
+        took longer than inserting them.
+        """
+        self._upsert(zip(ids, repeat(""), repeat(""), repeat("{}"), repeat(build), lines))
+
+    def _upsert(self, rows: Iterable[tuple[Any, ...]]) -> None:
         with self.conn:
             self.conn.executemany(
                 "INSERT INTO documents(id, title, text, metadata, build, line) "
@@ -175,7 +228,10 @@ class Store:
                 "build = excluded.build, line = excluded.line",
                 rows,
             )
-        return self.rowids([d.id for d in docs])
+
+    def build_lines(self, build: str) -> Iterator[tuple[int, int]]:
+        """(line, row id) of every document ``build`` stored."""
+        return self.conn.execute("SELECT line, rowid FROM documents WHERE build = ?", (build,))
 
     def rowids(self, ids: Sequence[str]) -> list[int]:
         found: dict[str, int] = {}
@@ -225,6 +281,17 @@ class Store:
                 "INSERT INTO passages(id, doc, ord, start, end) VALUES (?, ?, ?, ?, ?)", rows
             )
         return [r[0] for r in rows]
+
+    def one_passage_each(self, build: str) -> None:
+        """Give each document of ``build`` a single passage (ordinal 0, no span), in SQL."""
+        with self.conn:
+            self.conn.execute("DELETE FROM passages WHERE ord > 0 AND doc IN "
+                              "(SELECT rowid FROM documents WHERE build = ?)", (build,))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO passages(id, doc, ord, start, end) "
+                f"SELECT rowid << {PASSAGE_BITS}, rowid, 0, 0, 0 FROM documents WHERE build = ?",
+                (build,),
+            )
 
     def passage_spans(self, vector_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
         vector_ids = list(vector_ids)

@@ -48,3 +48,45 @@ def test_upsert_keeps_rowid_and_updates_fts(store: Store) -> None:
     store.upsert_documents([NewDocument("d3", "Baking", "Bread is baked.", {}, 3)], "b2")
     assert store.rowids(["d3"]) == before
     assert ids(store, "bread") == ["d3"] and ids(store, "pasta") == []
+
+
+def fts_rowids(store: Store) -> set[int]:
+    return {r for (r,) in store.conn.execute("SELECT id FROM documents_fts_docsize")}
+
+
+def test_only_documents_with_text_are_in_the_fts_index(store: Store) -> None:
+    store.upsert_bare_documents(["v1", "v2"], [4, 5], "b1")
+    store.upsert_documents([NewDocument("d1", "", "", {}, 1)], "b2")  # its text is gone
+    store.upsert_documents([NewDocument("v1", "Vitamin C", "", {}, 4)], "b2")  # text arrives
+    assert fts_rowids(store) == set(store.rowids(["d2", "d3", "v1"]))
+    assert sorted(ids(store, "vitamin")) == ["d2", "v1"] and ids(store, "shoes") == []
+    store.delete_other_builds("b2")  # d2, d3 (text) and v2 (none) go
+    assert fts_rowids(store) == set(store.rowids(["v1"]))
+    assert ids(store, "vitamin") == ["v1"]
+
+
+def test_a_schema_2_database_is_migrated(tmp_path: Path) -> None:
+    import sqlite_utils
+
+    # what schema 2 left: every document in the FTS index, text or not, and a build index
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    db["documents"].create({"rowid": int, "id": str, "title": str, "text": str, "metadata": str,
+                            "build": str, "line": int}, pk="rowid", not_null={"id"})
+    db["documents"].create_index(["id"], unique=True)
+    db["documents"].create_index(["build"])
+    db["documents"].enable_fts(["title", "text"], fts_version="FTS5", tokenize="porter",
+                               create_triggers=True)
+    db["documents"].insert_all([
+        {"id": "a", "title": "Vitamin D", "text": "sun", "build": "b", "line": 1},
+        {"id": "v", "title": "", "text": "", "build": "b", "line": 2},
+    ])
+    db["meta"].insert({"key": "schema_version", "value": "2"}, pk="key")
+    db.conn.close()
+    create_schema(path)
+    store = Store(path)
+    assert fts_rowids(store) == set(store.rowids(["a"]))
+    assert "idx_documents_build" not in {i.name for i in sqlite_utils.Database(path)["documents"].indexes}
+    assert ids(store, "vitamin") == ["a"]
+    store.delete_other_builds("new")
+    assert fts_rowids(store) == set() and ids(store, "vitamin") == []
