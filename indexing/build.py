@@ -1,6 +1,8 @@
-"""Build a FAISS index version from chunk files, in memory bounded by one chunk.
+"""Build a FAISS index version from chunks, in memory bounded by one chunk.
 
-The build never holds the corpus: chunk files are memory-mapped and read one batch at a
+A chunk is a chunk file of embedded vectors, or rows of a ``--vectors`` input read in
+place (:class:`indexing.chunkfiles.VectorChunk`). The build never holds the corpus: chunks
+are memory-mapped and read one batch at a
 time to validate, sample, add and compute exact neighbours, so what stays resident is the
 index itself, the training sample and one batch. The steps, in order:
 
@@ -26,6 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ import numpy as np
 
 from embedsvc.files import sha256_file, write_atomic_with
 from embedsvc.search.dense import search_shards
-from indexing.chunkfiles import ChunkFile
+from indexing.chunkfiles import VectorChunk
 from indexing.layouts import LayoutChoice, LayoutError, choose_layout, classify, format_bytes
 
 log = logging.getLogger(__name__)
@@ -58,9 +61,9 @@ class BuildError(Exception):
 
 
 class _Corpus:
-    """The chunk files of a build, validated, with the row offsets of each chunk."""
+    """The chunks of a build, validated, with the row offsets of each chunk."""
 
-    def __init__(self, chunks: Sequence[ChunkFile], dim: int, ids: np.ndarray,
+    def __init__(self, chunks: Sequence[VectorChunk], dim: int, ids: np.ndarray,
                  counts: list[int]):
         self.chunks = list(chunks)
         self.dim = dim
@@ -77,37 +80,38 @@ class _Corpus:
         return max(1, BATCH_BYTES // (self.dim * 4))
 
     def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) batches of ``batch_rows`` rows (the last may be shorter), in order.
+        """(ids, vectors) batches of at most ``batch_rows`` rows, in order.
 
-        Consecutive chunk files are packed into one batch: a build from many small chunks
-        (512 rows by default) would otherwise make thousands of small FAISS calls, and each
-        call pays for starting and joining its OpenMP threads, which on a busy machine
-        (threads waiting for a core) cost more than the arithmetic. Each batch is a fresh
-        in-memory array filled straight from the memory-mapped files, which are unmapped
-        chunk by chunk.
+        A large chunk is handed to FAISS in place, as slices of its memory map: copying a
+        million rows out first cost 4% of the add. Small chunks (512 rows by default) are
+        packed into one batch instead: thousands of small FAISS calls each pay for starting
+        and joining their OpenMP threads, which on a busy machine (threads waiting for a
+        core) cost more than the arithmetic. Each chunk is mapped afresh and unmapped once
+        its rows are passed on, so mapped pages never pile up in the process's RSS.
         """
         size = self.batch_rows
-        ids_out = vec_out = None
-        filled = position = 0  # rows in the current batch; rows read so far
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []  # small chunks' rows, to be packed
+        packed = 0
         for chunk in self.chunks:
-            ids, vectors = chunk.load(mmap=True)
+            ids, vectors = chunk.load()
+            if len(ids) >= size // 2:
+                if pieces:
+                    yield _concatenate(pieces)
+                    pieces, packed = [], 0
+                for start in range(0, len(ids), size):
+                    yield ids[start:start + size], vectors[start:start + size]
+                continue
             start = 0
             while start < len(ids):
-                if ids_out is None:
-                    rows = min(size, self.n - position) if position < self.n else size
-                    ids_out = np.empty(rows, dtype=np.int64)
-                    vec_out = np.empty((rows, self.dim), dtype=np.float32)
-                    filled = 0
-                take = min(len(ids_out) - filled, len(ids) - start)
-                ids_out[filled:filled + take] = ids[start:start + take]
-                vec_out[filled:filled + take] = vectors[start:start + take]
-                filled, start, position = filled + take, start + take, position + take
-                if filled == len(ids_out):
-                    yield ids_out, vec_out
-                    ids_out = vec_out = None
-            del ids, vectors  # unmap before the next chunk
-        if ids_out is not None and filled:  # the files hold fewer rows than validated
-            yield ids_out[:filled], vec_out[:filled]
+                take = min(size - packed, len(ids) - start)
+                pieces.append((ids[start:start + take], vectors[start:start + take]))
+                packed, start = packed + take, start + take
+                if packed == size:
+                    yield _concatenate(pieces)
+                    pieces, packed = [], 0
+            del ids, vectors
+        if pieces:
+            yield _concatenate(pieces)
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """Vectors at global row numbers ``rows`` (sorted), read chunk by chunk."""
@@ -117,17 +121,21 @@ class _Corpus:
             lo, hi = bounds[i], bounds[i + 1]
             if lo == hi:
                 continue
-            _, vectors = chunk.load(mmap=True)
+            _, vectors = chunk.load()
             out[lo:hi] = vectors[rows[lo:hi] - self.offsets[i]]
             del vectors
         return out
 
 
-def validate_chunks(chunks: Sequence[ChunkFile], dim: int) -> tuple[np.ndarray, list[int]]:
-    """Check every chunk file before anything is built.
+def _concatenate(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([i for i, _ in pieces]), np.concatenate([v for _, v in pieces])
+
+
+def validate_chunks(chunks: Sequence[VectorChunk], dim: int) -> tuple[np.ndarray, list[int]]:
+    """Check every chunk before anything is built.
 
     Args:
-        chunks: the chunk files of the build.
+        chunks: the chunks of the build.
         dim: the dimension every vector must have.
 
     Returns:
@@ -149,10 +157,10 @@ def validate_chunks(chunks: Sequence[ChunkFile], dim: int) -> tuple[np.ndarray, 
     return ids, counts
 
 
-def _validate_chunk(chunk: ChunkFile, dim: int) -> np.ndarray:
+def _validate_chunk(chunk: VectorChunk, dim: int) -> np.ndarray:
     name = chunk.vectors_path
     try:
-        ids, vectors = chunk.load(mmap=True)
+        ids, vectors = chunk.load()
     except (OSError, ValueError) as exc:
         raise BuildError(f"{name}: cannot read chunk {chunk.number} ({exc}); "
                          "rerun the build to rewrite it") from exc
@@ -179,7 +187,7 @@ def _validate_chunk(chunk: ChunkFile, dim: int) -> np.ndarray:
     return ids
 
 
-def _check_unique(ids: np.ndarray, chunks: Sequence[ChunkFile], counts: list[int]) -> None:
+def _check_unique(ids: np.ndarray, chunks: Sequence[VectorChunk], counts: list[int]) -> None:
     order = np.sort(ids)
     dup = np.flatnonzero(order[1:] == order[:-1])
     if len(dup) == 0:
@@ -261,16 +269,45 @@ def _reserve(index: faiss.Index, count: int) -> None:
         inner.codes.resize(0)
 
 
-def _train(index: faiss.Index, corpus: _Corpus, choice: LayoutChoice, seed: int) -> None:
-    if index.is_trained:
-        return
-    rows = sample_rows(corpus.n, choice.train_size, seed)
-    sample = corpus.gather(rows)  # (train_size, dim)
-    log.info("training %s on %d vectors sampled across %d chunk files", choice.factory,
-             len(rows), len(corpus.chunks))
+@dataclass
+class TrainedIndex:
+    """An empty index trained for a corpus of ``n`` vectors, and the layout choice behind it."""
+
+    choice: LayoutChoice
+    index: faiss.Index
+    n: int
+    seconds: float
+
+
+def train_index(chunks: Sequence[VectorChunk], dim: int, *, index: str = "auto",
+                memory_budget: int | None = None, target_recall: float = 0.95,
+                seed: int = 0) -> TrainedIndex:
+    """Choose the layout and train it, before the ids are known.
+
+    Training reads vectors only, so a caller can store the documents (which give the ids)
+    while FAISS trains; :func:`build_index` then takes the result as ``trained``. Arguments
+    are those of :func:`build_index`.
+    """
+    counts = [len(chunk.load()[1]) for chunk in chunks]
+    return _choose_and_train(_Corpus(chunks, dim, np.empty(0, np.int64), counts), index,
+                             memory_budget, target_recall, seed)
+
+
+def _choose_and_train(corpus: _Corpus, index: str, memory_budget: int | None,
+                      target_recall: float, seed: int) -> TrainedIndex:
     started = time.perf_counter()
-    index.train(sample)
-    log.info("trained in %.1fs", time.perf_counter() - started)
+    choice = choose_layout(corpus.n, corpus.dim, memory_budget, index, target_recall,
+                           working_bytes=working_bytes(corpus.dim))
+    log.info("%s", choice.reason)
+    trained = _empty_index(choice, corpus.dim, seed)
+    if not trained.is_trained:
+        rows = sample_rows(corpus.n, choice.train_size, seed)
+        sample = corpus.gather(rows)  # (train_size, dim)
+        log.info("training %s on %d vectors sampled across %d chunks", choice.factory,
+                 len(rows), len(corpus.chunks))
+        trained.train(sample)
+        log.info("trained in %.1fs", time.perf_counter() - started)
+    return TrainedIndex(choice, trained, corpus.n, time.perf_counter() - started)
 
 
 def _shard_count(shards: int | None, max_shard_bytes: int | None, index_bytes: int) -> int:
@@ -404,7 +441,7 @@ def working_bytes(dim: int) -> int:
 
 
 def build_index(
-    chunks: list[ChunkFile],
+    chunks: list[VectorChunk],
     dim: int,
     out_dir: Path,
     *,
@@ -415,11 +452,12 @@ def build_index(
     max_shard_bytes: int | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    trained: TrainedIndex | None = None,
 ) -> dict[str, Any]:
-    """Build an index from chunk files and write its shards into ``out_dir``.
+    """Build an index from chunks and write its shards into ``out_dir``.
 
     Args:
-        chunks: chunk files holding (ids, unit-normalised float32 vectors).
+        chunks: chunk files or input rows giving (ids, unit-normalised float32 vectors).
         dim: vector dimension.
         out_dir: folder for ``shard-NNNN.faiss`` (created; files written atomically).
         index: ``auto``, ``flat``, ``hnsw``, ``ivf``, ``ivfpq`` or a FAISS factory string.
@@ -430,6 +468,8 @@ def build_index(
         max_shard_bytes: split into as many shards as keep each under this estimate.
         seed: seed of the training and tuning samples (and of k-means).
         progress: called with the number of vectors added so far after each batch.
+        trained: the result of :func:`train_index` on these chunks, when training ran
+            earlier (beside the documents' ingest); None to choose and train here.
 
     Returns:
         Manifest fields: layout, kind, params, search_params, recall_at_10, count, dim,
@@ -443,20 +483,22 @@ def build_index(
     clock = _Clock()
     ids, counts = validate_chunks(chunks, dim)
     corpus = _Corpus(chunks, dim, ids, counts)
-    choice = choose_layout(corpus.n, dim, memory_budget, index, target_recall,
-                           working_bytes=working_bytes(dim))
-    log.info("%s", choice.reason)
-    n_shards = _shard_count(shards, max_shard_bytes, choice.index_bytes)
     clock.lap("validate")
-    trained = _empty_index(choice, dim, seed)
-    kind, _ = classify(trained)
-    _train(trained, corpus, choice, seed)
-    clock.lap("train")
-    indexes = [trained] + [faiss.clone_index(trained) for _ in range(n_shards - 1)]
+    if trained is None:
+        trained = _choose_and_train(corpus, index, memory_budget, target_recall, seed)
+        clock.lap("train")
+    elif trained.n != corpus.n:
+        raise BuildError(f"the index was trained for {trained.n} vectors, the chunks hold {corpus.n}")
+    else:
+        clock.lap("train", trained.seconds)  # ran before this call, beside other work
+    choice = trained.choice
+    n_shards = _shard_count(shards, max_shard_bytes, choice.index_bytes)
+    kind, _ = classify(trained.index)
+    indexes = [trained.index] + [faiss.clone_index(trained.index) for _ in range(n_shards - 1)]
     shard_counts = np.bincount(corpus.ids % n_shards, minlength=n_shards)
     for shard, count in zip(indexes, shard_counts, strict=True):
         _reserve(shard, int(count))
-    log.info("adding %d vectors from %d chunk files into %d shard(s)", corpus.n, len(chunks),
+    log.info("adding %d vectors from %d chunks into %d shard(s)", corpus.n, len(chunks),
              n_shards)
     _add(indexes, corpus, progress)
     clock.lap("add")
@@ -484,15 +526,18 @@ class _Clock:
     def __init__(self) -> None:
         self.started = self.last = time.perf_counter()
         self.laps: dict[str, float] = {}
+        self.elsewhere = 0.0  # seconds of phases run before the clock started
 
-    def lap(self, name: str) -> None:
+    def lap(self, name: str, seconds: float | None = None) -> None:
+        """End phase ``name`` now, or record ``seconds`` it took elsewhere."""
         now = time.perf_counter()
-        self.laps[name] = round(now - self.last, 3)
+        self.laps[name] = round(now - self.last if seconds is None else seconds, 3)
         self.last = now
+        self.elsewhere += 0.0 if seconds is None else seconds
 
     def total(self) -> float:
-        return time.perf_counter() - self.started
+        return time.perf_counter() - self.started + self.elsewhere
 
 
-__all__ = ["BuildError", "LayoutError", "build_index", "exact_topk", "recall_at_k",
-           "sample_rows", "search_shards", "validate_chunks", "working_bytes"]
+__all__ = ["BuildError", "LayoutError", "TrainedIndex", "build_index", "exact_topk", "recall_at_k",
+           "sample_rows", "search_shards", "train_index", "validate_chunks", "working_bytes"]

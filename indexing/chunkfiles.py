@@ -12,10 +12,28 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from embedsvc.files import atomic_write
+
+
+class VectorChunk(Protocol):
+    """What an index build reads: a chunk file, or rows of a ``--vectors`` input in place."""
+
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def ids_path(self) -> Path: ...
+
+    @property
+    def vectors_path(self) -> Path: ...
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (n,) int64, vectors (n, dim) float32 unit rows)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -19,19 +19,23 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
+from itertools import chain
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from embedsvc import __version__
 from embedsvc.collection import CollectionPaths, open_store, read_manifest
-from embedsvc.encoders import load_encoder, resolve_model
+from embedsvc.encoders import embedding_dimension, load_encoder, resolve_model
 from embedsvc.files import sha256_file
 from embedsvc.settings import Settings
-from embedsvc.store import NewDocument, document_text
-from indexing.chunkfiles import ChunkFile, verify_chunk, write_chunk
+from embedsvc.store import NewDocument, document_text, passage_id
+from indexing.chunkfiles import ChunkFile, VectorChunk, verify_chunk, write_chunk
 from indexing.passages import split_passages
 from indexing.sources import (
     Chunk,
@@ -42,7 +46,19 @@ from indexing.sources import (
     read_documents,
     resolve_input,
 )
+from indexing.vector_sources import (
+    CheckedVectors,
+    VectorRows,
+    check_npy,
+    check_vectors_input,
+    convert_parquet,
+    default_ids_path,
+    vector_count,
+)
 from indexing.versions import prune_versions, switch_version, write_version
+
+if TYPE_CHECKING:  # the build imports FAISS, which worker processes embedding text never need
+    from indexing.build import TrainedIndex
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +196,6 @@ class BuildJob:
     def input_sha(self) -> str:
         if self.options.vectors is None:
             return sha256_file(resolve_input(self.source))
-        from indexing.vector_sources import default_ids_path
-
         ids = self.options.ids or default_ids_path(self.options.vectors)
         parts = [sha256_file(self.options.vectors)] + ([sha256_file(ids)] if ids.exists() else [])
         return hashlib.sha256("".join(parts).encode()).hexdigest()
@@ -194,19 +208,23 @@ class BuildJob:
         from indexing.layouts import choose_layout
 
         n = self.expected_items or 1
-        dim = self.encoder.dim
-        choice = choose_layout(n, dim, self.options.memory_budget, self.options.index,
-                               self.options.target_recall, working_bytes=working_bytes(dim))
+        choice = choose_layout(n, self.dim, self.options.memory_budget, self.options.index,
+                               self.options.target_recall, working_bytes=working_bytes(self.dim))
         log.info("expected layout for about %d vectors: %s", n, choice.reason)
 
     @cached_property
     def expected_items(self) -> int | None:
         """Input lines (or vectors): the progress total and the layout estimate's size."""
         if self.options.vectors is not None:
-            from indexing.vector_sources import vector_count
-
             return vector_count(self.options.vectors)
         return count_items(self.source)
+
+    @cached_property
+    def dim(self) -> int:
+        """The model's vector size; embeddings made elsewhere never need the model loaded."""
+        if self.options.vectors is not None:
+            return embedding_dimension(self.model_name, self.settings.models_dir)
+        return self.encoder.dim
 
     @property
     def encoder(self) -> Any:
@@ -216,10 +234,10 @@ class BuildJob:
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> BuildReport:
         start = time.perf_counter()
-        build_id = self.build_id(self.input_sha())
-        fingerprint = self.fingerprint(build_id)
         report = BuildReport(self.paths.name, "up_to_date")
         with build_lock(self.paths):
+            build_id, checked = self._identify()
+            fingerprint = self.fingerprint(build_id)
             if self.is_up_to_date(fingerprint):
                 report.documents = self.store.count_documents()
                 return report
@@ -228,20 +246,23 @@ class BuildJob:
                                    self.spec.model_id if self.spec else None)
             chunk_dir = self.paths.builds / build_id
             if self.options.vectors is not None:
-                chunks = self._ingest_vectors(build_id, chunk_dir, report)
+                checked = checked or convert_parquet(self.options.vectors, self.dim,
+                                                     self.chunk_size, chunk_dir / "vectors.npy")
+                chunks, trained = self._ingest_vectors(build_id, checked, report)
             else:
-                chunks = self._ingest_and_embed(build_id, chunk_dir, report)
+                chunks, trained = self._ingest_and_embed(build_id, chunk_dir, report), None
             removed = self.store.delete_other_builds(build_id)
             if removed:
                 log.info("removed %d documents the input no longer holds", removed)
-            self._finish(build_id, fingerprint, chunks, report)
+            self._finish(build_id, fingerprint, chunks, report, trained)
             self.store.finish_build(build_id, report.documents, len(report.issues))
             shutil.rmtree(self.paths.builds, ignore_errors=True)
         report.status = "built"
         report.seconds = time.perf_counter() - start
         return report
 
-    def _ingest_and_embed(self, build_id: str, chunk_dir: Path, report: BuildReport) -> list[ChunkFile]:
+    def _ingest_and_embed(self, build_id: str, chunk_dir: Path,
+                          report: BuildReport) -> list[VectorChunk]:
         done = self.store.chunk_checksums(build_id)
         files: list[ChunkFile] = []
 
@@ -278,33 +299,93 @@ class BuildJob:
             checksum = write_chunk(chunk_dir, task.number, ids, done_chunk.vectors)
             self.store.record_chunk(build_id, task.number, checksum, len(task.rowids))
             self.progress(len(task.rowids))
-        return files
+        return [f for f in files if f.exists()]  # a chunk of skipped lines writes no file
 
-    def _ingest_vectors(self, build_id: str, chunk_dir: Path, report: BuildReport) -> list[ChunkFile]:
-        """Embeddings made elsewhere: one passage per id, validated and normalised."""
-        from indexing.vector_sources import read_vectors
+    def _identify(self) -> tuple[str, CheckedVectors | None]:
+        """The build id, and a ``.npy`` vectors input checked while its bytes are hashed.
 
-        done = self.store.chunk_checksums(build_id)
-        files = []
-        for chunk in read_vectors(self.options.vectors, self.options.ids, self.encoder.dim,
-                                  self.chunk_size):
-            first_row = chunk.number * self.chunk_size + 1
-            records = [Record(first_row + i, doc_id, "", "", {}) for i, doc_id in enumerate(chunk.ids)]
-            records = self._accept(Chunk(chunk.number, records, []), build_id, report)
-            report.documents += len(records)
-            file = ChunkFile(chunk_dir, chunk.number)
-            files.append(file)
-            recorded = done.get(chunk.number)
-            if not (recorded and verify_chunk(file, recorded[0])):
-                rowids = self._store_documents(records, build_id)
-                ids = self.store.replace_passages(rowids, [[(0, 0)]] * len(rowids))
-                kept = [r.line - first_row for r in records]
-                checksum = write_chunk(chunk_dir, chunk.number, ids, chunk.vectors[kept])
-                self.store.record_chunk(build_id, chunk.number, checksum, len(ids))
+        Hashing and checking both run outside the GIL, so on two cores the check of a
+        million vectors adds no time to the hash the build id needs anyway.
+        """
+        vectors = self.options.vectors
+        if vectors is None:
+            return self.build_id(self.input_sha()), None
+        check_vectors_input(vectors)
+        if vectors.suffix != ".npy":
+            return self.build_id(self.input_sha()), None  # converted once known to be needed
+        with ThreadPoolExecutor(1) as pool:
+            sha = pool.submit(self.input_sha)
+            checked = check_npy(vectors, self.options.ids, self.dim, self.chunk_size)
+            return self.build_id(sha.result()), checked
+
+    def _ingest_vectors(self, build_id: str, checked: CheckedVectors,
+                        report: BuildReport) -> tuple[list[VectorChunk], TrainedIndex | None]:
+        """Embeddings made elsewhere: the chunks with their ids, and the index trained on them.
+
+        The documents are stored in a second thread while FAISS trains: training needs no
+        ids, and SQLite and FAISS both run outside the GIL.
+        """
+        chunks = self._drop_unusable_ids(checked, report)
+        if not chunks:
+            return [], None
+        from indexing.build import train_index
+
+        o = self.options
+        with ThreadPoolExecutor(1) as pool:
+            stored = pool.submit(self._store_vector_documents, build_id, checked.ids, chunks,
+                                 report)
+            trained = train_index(chunks, self.dim, index=o.index, memory_budget=o.memory_budget,
+                                  target_recall=o.target_recall)
+            return stored.result(), trained
+
+    def _store_vector_documents(self, build_id: str, ids: list[str], chunks: list[VectorRows],
+                                report: BuildReport) -> list[VectorRows]:
+        """One document and one passage per id; the chunks with their vector ids."""
+        try:
+            return self._store_ids(build_id, ids, chunks, report)
+        finally:
+            self.store.close()  # this thread's connection
+
+    def _store_ids(self, build_id: str, all_ids: list[str], chunks: list[VectorRows],
+                   report: BuildReport) -> list[VectorRows]:
+        started = time.perf_counter()
+        for chunk in chunks:
+            rows = (range(chunk.start, chunk.stop) if chunk.keep is None
+                    else (chunk.start + chunk.keep).tolist())
+            ids = [all_ids[r] for r in rows]
+            self.store.upsert_bare_documents(ids, (r + 1 for r in rows), build_id)
+            report.documents += len(ids)
+            self.progress(chunk.stop - chunk.start)
+        self.store.one_passage_each(build_id)
+        vector_ids = np.full(len(all_ids), -1, dtype=np.int64)
+        lines = np.fromiter(chain.from_iterable(self.store.build_lines(build_id)), dtype=np.int64)
+        vector_ids[lines[0::2] - 1] = passage_id(lines[1::2], 0)
+        log.info("stored %d documents in %.1fs", report.documents, time.perf_counter() - started)
+        return [replace(c, ids=vector_ids[c.start:c.stop] if c.keep is None
+                        else vector_ids[c.start + c.keep]) for c in chunks]
+
+    def _drop_unusable_ids(self, checked: CheckedVectors, report: BuildReport) -> list[VectorRows]:
+        """The chunks without the rows whose id is empty or repeats an earlier one."""
+        ids = checked.ids
+        if len(set(ids)) == len(ids) and "" not in ids:
+            return checked.chunks
+        first: dict[str, int] = {}
+        issues, dropped = [], []
+        for row, doc_id in enumerate(ids, start=1):
+            if not doc_id or doc_id in first:
+                issues.append(InputIssue(row, f"duplicate id '{doc_id}' (first on row {first[doc_id]})"
+                                         if doc_id else "empty id"))
+                dropped.append(row - 1)
             else:
-                report.chunks_reused += 1
-            self.progress(len(chunk.ids))
-        return files
+                first[doc_id] = row
+        self._handle_issues(issues, report, scope="")
+        out = []
+        for chunk in checked.chunks:
+            gone = [r - chunk.start for r in dropped if chunk.start <= r < chunk.stop]
+            keep = np.setdiff1d(np.arange(chunk.stop - chunk.start), gone) if gone else None
+            if keep is None or len(keep):
+                out.append(replace(chunk, keep=keep))
+        return out
 
     def _accept(self, chunk: Chunk, build_id: str, report: BuildReport) -> list[Record]:
         """The chunk's usable records; issues are collected, or raised with ``--on-error fail``."""
@@ -319,24 +400,29 @@ class BuildJob:
                 continue
             seen[record.id] = record.line
             records.append(record)
+        self._handle_issues(issues, report)
+        return records
+
+    def _handle_issues(self, issues: list[InputIssue], report: BuildReport,
+                       scope: str = " in this chunk") -> None:
+        """Raise the first issue with ``--on-error fail``; otherwise log and collect them."""
         issues.sort(key=lambda i: i.line)
         if issues and self.options.on_error == "fail":
             raise BuildError(
                 f"{self.source}: {issues[0]}"
-                + (f" (and {len(issues) - 1} more in this chunk)" if len(issues) > 1 else "")
+                + (f" (and {len(issues) - 1} more{scope})" if len(issues) > 1 else "")
                 + "; fix the input or rerun with --on-error skip"
             )
         for issue in issues:
             log.warning("%s: skipped %s", self.source, issue)
         report.issues.extend(issues)
-        return records
 
     def _store_documents(self, records: list[Record], build_id: str) -> list[int]:
         docs = [NewDocument(r.id, r.title, r.text, r.metadata, r.line) for r in records]
         return self.store.upsert_documents(docs, build_id) if docs else []
 
-    def _finish(self, build_id: str, fingerprint: str, chunks: list[ChunkFile],
-                report: BuildReport) -> None:
+    def _finish(self, build_id: str, fingerprint: str, chunks: list[VectorChunk],
+                report: BuildReport, trained: TrainedIndex | None) -> None:
         if self.spec is None:
             switch_version(self.store, None, None)
             self.store.set_meta(lexical_fingerprint=fingerprint)
@@ -345,20 +431,20 @@ class BuildJob:
             raise BuildError(f"{self.source} holds no usable document; nothing to index")
         from indexing.build import build_index
 
-        encoder = self.encoder
         o = self.options
         manifest = {
             "model_id": self.spec.model_id, "weights_sha256": self.spec.weights_sha256,
             "fingerprint": fingerprint, "build_id": build_id, "input": str(self.source),
-            "embedsvc_version": __version__, "max_seq_length": encoder.max_seq_length,
-            "documents": report.documents, "long_texts": o.long_texts,
+            "embedsvc_version": __version__, "documents": report.documents,
         }
-        chunks = [c for c in chunks if c.exists()]
+        if o.vectors is None:  # how the texts were embedded; vectors made elsewhere don't say
+            manifest.update(max_seq_length=self.encoder.max_seq_length, long_texts=o.long_texts)
         number = write_version(
             self.paths,
-            lambda folder: build_index(chunks, encoder.dim, folder, index=o.index,
+            lambda folder: build_index(chunks, self.dim, folder, index=o.index,
                                        memory_budget=o.memory_budget,
-                                       target_recall=o.target_recall, shards=o.shards),
+                                       target_recall=o.target_recall, shards=o.shards,
+                                       trained=trained),
             manifest,
         )
         if o.switch:

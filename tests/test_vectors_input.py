@@ -58,7 +58,7 @@ def test_npy_and_parquet_build_the_same_index(settings: Settings, tmp_path: Path
     ("nan", "row 7 holds NaN"),
     ("count", "holds 299 ids for 300 vectors"),
     ("zero", "row 3 is a zero vector"),
-    ("dup", "duplicate _id 'id0'"),
+    ("dup", "duplicate id 'id0' (first on row 1)"),
 ])
 def test_bad_vectors_are_refused_and_the_served_version_kept(
         settings: Settings, tmp_path: Path, problem: str, message: str) -> None:
@@ -93,3 +93,51 @@ def test_missing_ids_file_and_unknown_format(settings: Settings, tmp_path: Path)
     assert result.exit_code == 1 and "Parquet" in result.output
     both = cli(settings, "--vectors", str(tmp_path / "lonely.npy"), "--input", str(tmp_path))
     assert both.exit_code == 1 and "either" in both.output
+
+
+def search_ids(settings: Settings, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Top-1 document id and score of each query in collection ``v``."""
+    from embedsvc.search.dense import DenseIndex
+
+    paths, store = open_store(settings.collections_dir, "v")
+    index = DenseIndex.load(paths.version_dir(store.get_meta("current_version")))
+    scores, found = index.search(queries, 1)
+    rows = store.documents_by_rowid(int(f) >> 16 for f in found[:, 0])
+    return [rows[int(f) >> 16].id for f in found[:, 0]], scores[:, 0]
+
+
+def test_vectors_of_any_length_and_float_type_are_normalised(settings: Settings,
+                                                             tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 200)
+    scaled = vectors.astype(np.float64) * rng.uniform(0.1, 10, (200, 1))
+    ids = [f"id{i}" for i in range(200)]
+    assert cli(settings, "--vectors", str(write_npy(tmp_path, scaled, ids))).exit_code == 0
+    found, scores = search_ids(settings, vectors[:20])
+    assert found == ids[:20]
+    np.testing.assert_allclose(scores, 1.0, atol=1e-5)  # cosine, as if they were unit vectors
+
+
+def test_duplicate_ids_are_skipped_on_request_and_the_first_one_kept(settings: Settings,
+                                                                      tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    vectors, ids = unit(rng, 300), [f"id{i}" for i in range(300)]
+    ids[150] = "id3"
+    ids[299] = ""
+    npy = write_npy(tmp_path, vectors, ids)
+    result = cli(settings, "--vectors", str(npy), "--chunk-size", "64", "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    info = runner.invoke(app, ["--home", str(settings.home), "index", "info", "v", "--json"])
+    assert '"documents": 298' in info.output and '"count": 298' in info.output
+    found, scores = search_ids(settings, vectors[[3, 150, 151]])
+    assert found[0] == "id3" and found[2] == "id151"  # rows after a dropped one still map right
+    assert scores[1] < 0.9  # the second "id3" row was not indexed
+
+
+def test_a_vectors_build_never_loads_the_model(settings: Settings, tmp_path: Path) -> None:
+    from embedsvc import encoders
+
+    rng = np.random.default_rng(4)
+    npy = write_npy(tmp_path, unit(rng, 50), [f"id{i}" for i in range(50)])
+    assert cli(settings, "--vectors", str(npy)).exit_code == 0
+    assert not [key for key in encoders._by_name if key[0] == str(settings.models_dir)]
