@@ -1,19 +1,20 @@
 """Build a FAISS index version from chunks, in memory bounded by one chunk.
 
-A chunk is a chunk file of embedded vectors, or rows of a ``--vectors`` input read in
-place (:class:`indexing.chunkfiles.VectorChunk`). The build never holds the corpus: chunks
-are memory-mapped and read one batch at a
-time to validate, sample, add and compute exact neighbours, so what stays resident is the
-index itself, the training sample and one batch. The steps, in order:
+A chunk is a chunk file of embedded vectors, or rows of a ``--vectors`` input read in place
+(:class:`indexing.chunkfiles.VectorChunk`). The build never holds the corpus: chunks are
+memory-mapped and read one batch at a time to validate, sample, add and compute exact
+neighbours, so what stays resident is the index itself, the training sample and one batch.
+The steps, in order:
 
 1. validate every chunk (dimension, dtype, NaN/inf, id count, duplicate ids) before any
    expensive work, so a bad file fails the build in seconds with its name in the message;
 2. choose the layout under the memory budget (:mod:`indexing.layouts`) and log why;
-3. train on a seeded random sample drawn across all chunk files (inputs are often sorted,
-   so the first rows would give a skewed quantizer);
+3. train on a seeded random sample drawn across all chunks (inputs are often sorted, so
+   the first rows would give a skewed quantizer); :func:`train_index` does steps 2-3 on
+   their own, before the ids exist, for a caller that stores documents meanwhile;
 4. clone the trained empty index once per shard and add the vectors in batches of up to
-   64MB packed across chunk files (thousands of 512-row FAISS calls cost twice the time on
-   a busy machine), each vector to shard ``id % S``;
+   64MB (large chunks in place, small ones packed: thousands of 512-row FAISS calls cost
+   twice the time on a busy machine), each vector to shard ``id % S``;
 5. tune ``nprobe`` / ``efSearch`` on seeded sample queries against exact top-10 until
    recall@10 reaches the target, and record the recall measured;
 6. write ``shard-NNNN.faiss`` files atomically and return the manifest fields.
@@ -481,6 +482,7 @@ def build_index(
         LayoutError: no layout fits the budget or the factory string is unknown.
     """
     clock = _Clock()
+    _shard_count(shards, max_shard_bytes, 0)  # bad shard settings fail before any training
     ids, counts = validate_chunks(chunks, dim)
     corpus = _Corpus(chunks, dim, ids, counts)
     clock.lap("validate")

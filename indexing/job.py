@@ -53,6 +53,7 @@ from indexing.vector_sources import (
     check_vectors_input,
     convert_parquet,
     default_ids_path,
+    usable_rows,
     vector_count,
 )
 from indexing.versions import prune_versions, switch_version, write_version
@@ -325,7 +326,8 @@ class BuildJob:
         The documents are stored in a second thread while FAISS trains: training needs no
         ids, and SQLite and FAISS both run outside the GIL.
         """
-        chunks = self._drop_unusable_ids(checked, report)
+        chunks, issues = usable_rows(checked)
+        self._handle_issues(issues, report, scope="")
         if not chunks:
             return [], None
         from indexing.build import train_index
@@ -338,54 +340,25 @@ class BuildJob:
                                   target_recall=o.target_recall)
             return stored.result(), trained
 
-    def _store_vector_documents(self, build_id: str, ids: list[str], chunks: list[VectorRows],
+    def _store_vector_documents(self, build_id: str, all_ids: list[str], chunks: list[VectorRows],
                                 report: BuildReport) -> list[VectorRows]:
-        """One document and one passage per id; the chunks with their vector ids."""
+        """One document and one passage per id (in a worker thread); the chunks with their ids."""
+        started = time.perf_counter()
         try:
-            return self._store_ids(build_id, ids, chunks, report)
+            for chunk in chunks:
+                rows = chunk.rows().tolist()
+                self.store.upsert_bare_documents([all_ids[r] for r in rows], (r + 1 for r in rows),
+                                                 build_id)
+                report.documents += len(rows)
+                self.progress(chunk.stop - chunk.start)
+            self.store.one_passage_each(build_id)
+            lines = np.fromiter(chain.from_iterable(self.store.build_lines(build_id)), np.int64)
         finally:
             self.store.close()  # this thread's connection
-
-    def _store_ids(self, build_id: str, all_ids: list[str], chunks: list[VectorRows],
-                   report: BuildReport) -> list[VectorRows]:
-        started = time.perf_counter()
-        for chunk in chunks:
-            rows = (range(chunk.start, chunk.stop) if chunk.keep is None
-                    else (chunk.start + chunk.keep).tolist())
-            ids = [all_ids[r] for r in rows]
-            self.store.upsert_bare_documents(ids, (r + 1 for r in rows), build_id)
-            report.documents += len(ids)
-            self.progress(chunk.stop - chunk.start)
-        self.store.one_passage_each(build_id)
         vector_ids = np.full(len(all_ids), -1, dtype=np.int64)
-        lines = np.fromiter(chain.from_iterable(self.store.build_lines(build_id)), dtype=np.int64)
         vector_ids[lines[0::2] - 1] = passage_id(lines[1::2], 0)
         log.info("stored %d documents in %.1fs", report.documents, time.perf_counter() - started)
-        return [replace(c, ids=vector_ids[c.start:c.stop] if c.keep is None
-                        else vector_ids[c.start + c.keep]) for c in chunks]
-
-    def _drop_unusable_ids(self, checked: CheckedVectors, report: BuildReport) -> list[VectorRows]:
-        """The chunks without the rows whose id is empty or repeats an earlier one."""
-        ids = checked.ids
-        if len(set(ids)) == len(ids) and "" not in ids:
-            return checked.chunks
-        first: dict[str, int] = {}
-        issues, dropped = [], []
-        for row, doc_id in enumerate(ids, start=1):
-            if not doc_id or doc_id in first:
-                issues.append(InputIssue(row, f"duplicate id '{doc_id}' (first on row {first[doc_id]})"
-                                         if doc_id else "empty id"))
-                dropped.append(row - 1)
-            else:
-                first[doc_id] = row
-        self._handle_issues(issues, report, scope="")
-        out = []
-        for chunk in checked.chunks:
-            gone = [r - chunk.start for r in dropped if chunk.start <= r < chunk.stop]
-            keep = np.setdiff1d(np.arange(chunk.stop - chunk.start), gone) if gone else None
-            if keep is None or len(keep):
-                out.append(replace(chunk, keep=keep))
-        return out
+        return [replace(c, ids=vector_ids[c.rows()]) for c in chunks]
 
     def _accept(self, chunk: Chunk, build_id: str, report: BuildReport) -> list[Record]:
         """The chunk's usable records; issues are collected, or raised with ``--on-error fail``."""

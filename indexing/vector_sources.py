@@ -15,10 +15,12 @@ values, zero vectors, id and vector counts that differ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from indexing.sources import InputIssue
 
 # Rows whose norm is this close to 1 are used as they are; others are divided by it.
 UNIT_TOLERANCE = 1e-4
@@ -45,6 +47,11 @@ class VectorRows:
     keep: np.ndarray | None = None
     ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
+    def rows(self) -> np.ndarray:
+        """Row numbers (from 0) in the input of the rows this chunk indexes."""
+        offsets = np.arange(self.stop - self.start) if self.keep is None else self.keep
+        return self.start + offsets
+
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """(vector ids, float32 unit vectors); a memory-mapped view unless rows need work."""
         rows = np.load(self.vectors_path, mmap_mode="r", allow_pickle=False)[self.start:self.stop]
@@ -62,6 +69,29 @@ class CheckedVectors:
 
     ids: list[str]
     chunks: list[VectorRows]
+
+
+def usable_rows(checked: CheckedVectors) -> tuple[list[VectorRows], list[InputIssue]]:
+    """The chunks without rows whose id is empty or repeats an earlier one, and those issues."""
+    ids = checked.ids
+    if len(set(ids)) == len(ids) and "" not in ids:
+        return checked.chunks, []
+    first: dict[str, int] = {}
+    issues = []
+    for row, doc_id in enumerate(ids, start=1):
+        if doc_id and doc_id not in first:
+            first[doc_id] = row
+        else:
+            issues.append(InputIssue(row, f"duplicate id '{doc_id}' (first on line {first[doc_id]})"
+                                     if doc_id else "empty id"))
+    dropped = np.array([issue.line - 1 for issue in issues])
+    chunks = []
+    for chunk in checked.chunks:
+        gone = dropped[(dropped >= chunk.start) & (dropped < chunk.stop)] - chunk.start
+        keep = np.setdiff1d(np.arange(chunk.stop - chunk.start), gone) if len(gone) else None
+        if keep is None or len(keep):
+            chunks.append(replace(chunk, keep=keep))
+    return chunks, issues
 
 
 def default_ids_path(vectors: Path) -> Path:

@@ -22,6 +22,7 @@ from indexing.build import (
     recall_at_k,
     sample_rows,
     search_shards,
+    train_index,
     validate_chunks,
     working_bytes,
 )
@@ -263,6 +264,32 @@ def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
     again = build_index(chunks, DIM, tmp_path / "b", index="ivf", shards=2, seed=3)
     assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]
     assert first["search_params"] == again["search_params"]
+
+
+def test_training_ahead_gives_the_same_index_and_must_match_the_chunks(tmp_path: Path) -> None:
+    x = clustered(6000, seed=11)
+    chunks = write_chunks(tmp_path / "chunks", x, 2000)
+    direct = build_index(chunks, DIM, tmp_path / "a", index="ivf", shards=2, seed=3)
+    trained = train_index(chunks, DIM, index="ivf", seed=3)
+    ahead = build_index(chunks, DIM, tmp_path / "b", index="ivf", shards=2, seed=3,
+                        trained=trained)
+    assert [s["sha256"] for s in direct["shards"]] == [s["sha256"] for s in ahead["shards"]]
+    assert ahead["phase_seconds"]["train"] == round(trained.seconds, 3)
+    with pytest.raises(BuildError, match="trained for 6000 vectors, the chunks hold 4000"):
+        build_index(chunks[:2], DIM, tmp_path / "c", index="ivf", trained=train_index(chunks, DIM))
+
+
+def test_bad_shard_settings_fail_before_training(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexing.build
+
+    def no_training(*args: object) -> None:
+        raise AssertionError("trained before checking the shard settings")
+
+    monkeypatch.setattr(indexing.build, "_choose_and_train", no_training)
+    chunks = write_chunks(tmp_path / "chunks", clustered(1000, seed=12), 500)
+    with pytest.raises(BuildError, match="--shards must be at least 1"):
+        build_index(chunks, DIM, tmp_path / "out", index="ivf", shards=0)
 
 
 def test_search_shards_on_a_given_pool(tmp_path: Path) -> None:

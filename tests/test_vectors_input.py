@@ -58,7 +58,7 @@ def test_npy_and_parquet_build_the_same_index(settings: Settings, tmp_path: Path
     ("nan", "row 7 holds NaN"),
     ("count", "holds 299 ids for 300 vectors"),
     ("zero", "row 3 is a zero vector"),
-    ("dup", "duplicate id 'id0' (first on row 1)"),
+    ("dup", "duplicate id 'id0' (first on line 1)"),
 ])
 def test_bad_vectors_are_refused_and_the_served_version_kept(
         settings: Settings, tmp_path: Path, problem: str, message: str) -> None:
