@@ -141,3 +141,39 @@ def test_a_vectors_build_never_loads_the_model(settings: Settings, tmp_path: Pat
     npy = write_npy(tmp_path, unit(rng, 50), [f"id{i}" for i in range(50)])
     assert cli(settings, "--vectors", str(npy)).exit_code == 0
     assert not [key for key in encoders._by_name if key[0] == str(settings.models_dir)]
+
+
+def test_rerun_is_a_no_op_until_the_vectors_change(settings: Settings, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    vectors, ids = unit(rng, 120), [f"id{i}" for i in range(120)]
+    npy = write_npy(tmp_path, vectors, ids)
+    assert cli(settings, "--vectors", str(npy)).exit_code == 0
+    again = cli(settings, "--vectors", str(npy))
+    assert again.exit_code == 0 and "up to date" in again.output
+    vectors[7] = unit(rng, 1)[0]
+    write_npy(tmp_path, vectors, ids)
+    assert cli(settings, "--vectors", str(npy)).exit_code == 0
+    found, scores = search_ids(settings, vectors[[7]])
+    assert found == ["id7"] and scores[0] > 0.999
+
+
+def test_a_build_that_dies_after_storing_the_ids_is_finished_by_a_rerun(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexing.build
+
+    rng = np.random.default_rng(6)
+    vectors, ids = unit(rng, 200), [f"id{i}" for i in range(200)]
+    npy = write_npy(tmp_path, vectors, ids)
+    with monkeypatch.context() as patch:
+        def crash(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("killed while training")
+
+        patch.setattr(indexing.build, "train_index", crash)
+        assert cli(settings, "--vectors", str(npy), "--chunk-size", "64").exit_code == 1
+    _, store = open_store(settings.collections_dir, "v")
+    assert store.get_meta("current_version") is None  # nothing half-built is served
+    assert cli(settings, "--vectors", str(npy), "--chunk-size", "64").exit_code == 0
+    check = runner.invoke(app, ["--home", str(settings.home), "index", "check", "v"])
+    assert check.exit_code == 0, check.output
+    found, _ = search_ids(settings, vectors[::50])
+    assert found == ids[::50] and store.count_documents() == 200
