@@ -159,13 +159,13 @@ def configured_dimension(folder: Path) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def embedding_dimension(name: str, models_dir: Path) -> int:
-    """Size of the vectors model ``name`` makes: from its configuration, else by loading it."""
-    spec = resolve_model(name, models_dir)
+def embedding_dimension(spec: ModelSpec, models_dir: Path) -> int:
+    """Size of the vectors a model makes: from its configuration, else by loading it."""
     dim = configured_dimension(spec.path)
     if dim is None:
-        log.info("%s: vector size not in its configuration; loading the model to learn it", name)
-        dim = load_encoder(name, models_dir).dim
+        log.info("%s: vector size not in its configuration; loading the model to learn it",
+                 spec.model_id)
+        dim = load_encoder(spec.model_id, models_dir).dim
     return dim
 
 

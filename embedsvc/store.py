@@ -8,6 +8,7 @@ re-ingestion of the same document id (upsert, never delete-and-insert).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import threading
@@ -69,7 +70,7 @@ def schema_version(path: Path) -> int:
     conn = sqlite3.connect(path)
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError:  # no meta table yet
         row = None
     finally:
         conn.close()
@@ -83,6 +84,8 @@ def _has_text(row: str) -> str:
 # The FTS5 table mirrors only documents that have text. Documents built from --vectors have
 # none, and indexing their empty strings cost more than storing them (2.2s a million).
 # Insert and delete must agree on the condition, or FTS5's external-content index breaks.
+# FTS5's 'rebuild' and 'integrity-check' commands compare with every row of documents, so
+# they must not be used on this table: rebuild would index the empty documents back.
 _FTS_TRIGGERS = {
     "documents_ai": f"""AFTER INSERT ON documents WHEN {_has_text("new")} BEGIN
       INSERT INTO documents_fts(rowid, title, text) VALUES (new.rowid, new.title, new.text);
@@ -101,8 +104,12 @@ _FTS_TRIGGERS = {
 
 
 def _text_only_fts(conn: sqlite3.Connection, resync: bool) -> None:
-    """Install the FTS triggers; ``resync`` re-derives the FTS rows from the documents."""
-    with conn:
+    """Install the FTS triggers; ``resync`` re-derives the FTS rows from the documents.
+
+    One IMMEDIATE transaction: no write from another process ever sees the triggers missing.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
         for name, body in _FTS_TRIGGERS.items():
             conn.execute(f"DROP TRIGGER IF EXISTS {name}")
             conn.execute(f"CREATE TRIGGER {name} {body}")
@@ -110,10 +117,25 @@ def _text_only_fts(conn: sqlite3.Connection, resync: bool) -> None:
             conn.execute("INSERT INTO documents_fts(documents_fts) VALUES ('delete-all')")
             conn.execute("INSERT INTO documents_fts(rowid, title, text) SELECT rowid, title, "
                          f"text FROM documents WHERE {_has_text('documents')}")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 def create_schema(path: Path) -> None:
-    """Create the tables; on an older database, add the ones it lacks and migrate the rest."""
+    """Create the tables; on an older database, add the ones it lacks and migrate the rest.
+
+    Under a file lock beside the database: two processes opening a new or old collection at
+    once (a server and a build) would otherwise race through the steps, and SQLite refuses
+    the loser's writes with "database is locked" instead of waiting.
+    """
+    with open(path.with_name(f".{path.name}.schema-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _create_schema(path)
+
+
+def _create_schema(path: Path) -> None:
     db = sqlite_utils.Database(path)
     _configure(db.conn)
     existed = "documents" in db.table_names()

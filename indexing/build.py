@@ -1,13 +1,15 @@
 """Build a FAISS index version from chunks, in memory bounded by one chunk.
 
-A chunk is a chunk file of embedded vectors, or rows of a ``--vectors`` input read in place
-(:class:`indexing.chunkfiles.VectorChunk`). The build never holds the corpus: chunks are
+A chunk (:class:`indexing.chunkfiles.VectorChunk`) is a chunk file of embedded vectors
+(``ChunkFile``) or rows of a ``--vectors`` input read in place
+(:class:`indexing.vector_sources.VectorRows`). The build never holds the corpus: chunks are
 memory-mapped and read one batch at a time to validate, sample, add and compute exact
 neighbours, so what stays resident is the index itself, the training sample and one batch.
 The steps, in order:
 
 1. validate every chunk (dimension, dtype, NaN/inf, id count, duplicate ids) before any
-   expensive work, so a bad file fails the build in seconds with its name in the message;
+   expensive work, so a bad file fails the build in seconds with its name in the message
+   (a caller that trains ahead checks its input itself, as ``--vectors`` does);
 2. choose the layout under the memory budget (:mod:`indexing.layouts`) and log why;
 3. train on a seeded random sample drawn across all chunks (inputs are often sorted, so
    the first rows would give a skewed quantizer); :func:`train_index` does steps 2-3 on
@@ -311,6 +313,11 @@ def _choose_and_train(corpus: _Corpus, index: str, memory_budget: int | None,
     return TrainedIndex(choice, trained, corpus.n, time.perf_counter() - started)
 
 
+def check_shard_settings(shards: int | None, max_shard_bytes: int | None = None) -> None:
+    """Raise :class:`BuildError` for shard settings no build can use, before any work."""
+    _shard_count(shards, max_shard_bytes, 0)
+
+
 def _shard_count(shards: int | None, max_shard_bytes: int | None, index_bytes: int) -> int:
     count = 1 if shards is None else shards
     if count < 1:
@@ -482,7 +489,7 @@ def build_index(
         LayoutError: no layout fits the budget or the factory string is unknown.
     """
     clock = _Clock()
-    _shard_count(shards, max_shard_bytes, 0)  # bad shard settings fail before any training
+    check_shard_settings(shards, max_shard_bytes)
     ids, counts = validate_chunks(chunks, dim)
     corpus = _Corpus(chunks, dim, ids, counts)
     clock.lap("validate")
@@ -541,5 +548,6 @@ class _Clock:
         return time.perf_counter() - self.started + self.elsewhere
 
 
-__all__ = ["BuildError", "LayoutError", "TrainedIndex", "build_index", "exact_topk", "recall_at_k",
-           "sample_rows", "search_shards", "train_index", "validate_chunks", "working_bytes"]
+__all__ = ["BuildError", "LayoutError", "TrainedIndex", "build_index", "check_shard_settings",
+           "exact_topk", "recall_at_k", "sample_rows", "search_shards", "train_index",
+           "validate_chunks", "working_bytes"]

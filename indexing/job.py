@@ -49,10 +49,12 @@ from indexing.sources import (
 from indexing.vector_sources import (
     CheckedVectors,
     VectorRows,
+    as_unit_float32,
     check_npy,
     check_vectors_input,
     convert_parquet,
     default_ids_path,
+    read_npy_ids,
     usable_rows,
     vector_count,
 )
@@ -67,7 +69,7 @@ log = logging.getLogger(__name__)
 CHUNK_FORMAT = 2
 OnError = Literal["skip", "fail"]
 # Rows per chunk for --vectors when no --chunk-size is given: nothing to embed, so chunks
-# are sized for few fsyncs and few SQLite transactions (about 48 MB of 384-d floats).
+# are sized for few SQLite transactions and FAISS calls (about 48 MB of 384-d floats).
 VECTOR_CHUNK_ROWS = 32_768
 LongTexts = Literal["split", "truncate"]
 
@@ -173,9 +175,15 @@ class BuildJob:
 
     # --- identity --------------------------------------------------------------------------
     def build_id(self, input_sha: str) -> str:
-        """Key of the chunk files: what went into them, nothing about the index layout."""
+        """Key of what a build stores (documents, chunk files): what went into them.
+
+        Nothing about the index layout; for --vectors, nothing about chunking either, since
+        its rows are indexed as they are.
+        """
+        o = self.options
+        shaping = ["vectors"] if o.vectors is not None else [self.chunk_size, o.long_texts]
         parts = [CHUNK_FORMAT, input_sha, self.spec.weights_sha256 if self.spec else "lexical",
-                 self.chunk_size, self.options.on_error, self.options.long_texts]
+                 o.on_error, *shaping]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def fingerprint(self, build_id: str) -> str:
@@ -205,9 +213,10 @@ class BuildJob:
         """Refuse an impossible layout or budget before any embedding is spent."""
         if self.spec is None:
             return
-        from indexing.build import working_bytes
+        from indexing.build import check_shard_settings, working_bytes
         from indexing.layouts import choose_layout
 
+        check_shard_settings(self.options.shards)
         n = self.expected_items or 1
         choice = choose_layout(n, self.dim, self.options.memory_budget, self.options.index,
                                self.options.target_recall, working_bytes=working_bytes(self.dim))
@@ -224,7 +233,7 @@ class BuildJob:
     def dim(self) -> int:
         """The model's vector size; embeddings made elsewhere never need the model loaded."""
         if self.options.vectors is not None:
-            return embedding_dimension(self.model_name, self.settings.models_dir)
+            return embedding_dimension(self.spec, self.settings.models_dir)
         return self.encoder.dim
 
     @property
@@ -247,15 +256,17 @@ class BuildJob:
                                    self.spec.model_id if self.spec else None)
             chunk_dir = self.paths.builds / build_id
             if self.options.vectors is not None:
-                checked = checked or convert_parquet(self.options.vectors, self.dim,
-                                                     self.chunk_size, chunk_dir / "vectors.npy")
+                scratch = chunk_dir / "vectors.npy"
+                checked = (as_unit_float32(checked, scratch) if checked else
+                           convert_parquet(self.options.vectors, self.dim, self.chunk_size, scratch))
                 chunks, trained = self._ingest_vectors(build_id, checked, report)
             else:
                 chunks, trained = self._ingest_and_embed(build_id, chunk_dir, report), None
-            removed = self.store.delete_other_builds(build_id)
-            if removed:
-                log.info("removed %d documents the input no longer holds", removed)
             self._finish(build_id, fingerprint, chunks, report, trained)
+            if self.options.switch or self.spec is None:  # the served version no longer needs them
+                removed = self.store.delete_other_builds(build_id)
+                if removed:
+                    log.info("removed %d documents the input no longer holds", removed)
             self.store.finish_build(build_id, report.documents, len(report.issues))
             shutil.rmtree(self.paths.builds, ignore_errors=True)
         report.status = "built"
@@ -314,9 +325,10 @@ class BuildJob:
         check_vectors_input(vectors)
         if vectors.suffix != ".npy":
             return self.build_id(self.input_sha()), None  # converted once known to be needed
+        ids, ids_path = read_npy_ids(vectors, self.options.ids, self.dim)  # fails fast
         with ThreadPoolExecutor(1) as pool:
             sha = pool.submit(self.input_sha)
-            checked = check_npy(vectors, self.options.ids, self.dim, self.chunk_size)
+            checked = check_npy(vectors, ids_path, ids, self.dim, self.chunk_size)
             return self.build_id(sha.result()), checked
 
     def _ingest_vectors(self, build_id: str, checked: CheckedVectors,

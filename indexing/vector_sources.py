@@ -2,12 +2,13 @@
 
 Two forms: a ``.npy`` matrix with an ids file beside it (``.txt``, one id a line, or
 ``.npy``), or a Parquet file with an ``id`` column and a vector column (a list of floats per
-row). A ``.npy`` is never copied: :func:`check_npy` reads it once, block by block through a
-memory map, and the index build then reads the rows straight from the file through
-:class:`VectorRows`, dividing by the norms on the way only where rows are not unit length
-already. Copying a million 384-d vectors into chunk files cost more than a quarter of the
-whole build, for nothing: the file's sha256 already keys the build. A Parquet file is
-converted once into such a ``.npy`` in the build's folder.
+row). A ``.npy`` of unit float32 rows (what sentence-transformers and most embedding APIs
+write) is never copied: :func:`check_npy` reads it once, block by block through a memory
+map, and the index build then reads the rows straight from the file through
+:class:`VectorRows`. Copying a million 384-d vectors into chunk files took 5.3s of an 81.5s
+build, for nothing: the file's sha256 already keys the build. Any other input (rows not of
+unit length, another dtype, Parquet) is written once, normalised, into a float32 ``.npy`` in
+the build's folder and indexed from there.
 
 Every problem is reported with the file and the row: a wrong dimension, NaN or infinite
 values, zero vectors, id and vector counts that differ.
@@ -22,7 +23,7 @@ import numpy as np
 
 from indexing.sources import InputIssue
 
-# Rows whose norm is this close to 1 are used as they are; others are divided by it.
+# Rows whose norm is this close to 1 are used as they are.
 UNIT_TOLERANCE = 1e-4
 
 
@@ -32,7 +33,7 @@ class VectorSourceError(Exception):
 
 @dataclass(frozen=True)
 class VectorRows:
-    """Rows ``[start, stop)`` of a checked ``.npy`` file: a chunk the build reads in place.
+    """Rows ``[start, stop)`` of a ``.npy`` file of unit float32 rows: a chunk read in place.
 
     ``ids`` are the vector ids, known once the documents are stored; ``keep`` lists the
     offsets of the rows to index when some were dropped (duplicate ids), None for all.
@@ -43,7 +44,6 @@ class VectorRows:
     ids_path: Path  # where the ids came from: named in messages
     start: int
     stop: int
-    normalise: bool
     keep: np.ndarray | None = None
     ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
@@ -53,14 +53,9 @@ class VectorRows:
         return self.start + offsets
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
-        """(vector ids, float32 unit vectors); a memory-mapped view unless rows need work."""
+        """(vector ids, vectors): a memory-mapped view, or a copy when rows were dropped."""
         rows = np.load(self.vectors_path, mmap_mode="r", allow_pickle=False)[self.start:self.stop]
-        if self.keep is not None:
-            rows = rows[self.keep]
-        if self.normalise or rows.dtype != np.float32:
-            rows = np.asarray(rows, dtype=np.float32)
-            rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-        return self.ids, rows
+        return self.ids, rows if self.keep is None else rows[self.keep]
 
 
 @dataclass
@@ -69,6 +64,7 @@ class CheckedVectors:
 
     ids: list[str]
     chunks: list[VectorRows]
+    unit_float32: bool  # every row already a unit float32 vector: index the file as it is
 
 
 def usable_rows(checked: CheckedVectors) -> tuple[list[VectorRows], list[InputIssue]]:
@@ -112,18 +108,35 @@ def check_shape(block: np.ndarray, dim: int, source: Path) -> None:
 
 
 def check_rows(block: np.ndarray, dim: int, source: Path, first_row: int) -> bool:
-    """Validate a block of rows; True when they must be normalised (not unit length)."""
+    """Validate a block of rows; True when they need work (normalising, or another dtype)."""
     check_shape(block, dim, source)
     if not len(block):
         return False
     squares = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-    if not np.isfinite(squares).all():
-        row = first_row + int(np.argmin(np.isfinite(squares)))
-        raise VectorSourceError(f"{source}: row {row} holds NaN or infinite values; fix or drop it")
-    if (squares == 0).any():
-        row = first_row + int(np.argmax(squares == 0))
-        raise VectorSourceError(f"{source}: row {row} is a zero vector, which has no direction")
-    return bool(np.abs(np.sqrt(squares) - 1).max() > UNIT_TOLERANCE)
+    if not np.isfinite(squares).all():  # NaN or inf, or float64 values too large to square
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            row = first_row + int(np.argmax(bad))
+            raise VectorSourceError(f"{source}: row {row} holds NaN or infinite values; "
+                                    "fix or drop it")
+    if (squares == 0).any():  # zero, or float64 values too small to square
+        zero = ~block.any(axis=1)
+        if zero.any():
+            row = first_row + int(np.argmax(zero))
+            raise VectorSourceError(f"{source}: row {row} is a zero vector, which has no direction")
+    unit = np.isfinite(squares) & (np.abs(np.sqrt(squares) - 1) <= UNIT_TOLERANCE)
+    return block.dtype != np.float32 or not unit.all()
+
+
+def unit_rows(block: np.ndarray) -> np.ndarray:
+    """Rows of any length and numeric dtype as float32 unit vectors.
+
+    Each row is first divided by its largest magnitude, in float64, so that neither 1e-30
+    nor 1e30 (float32) nor 1e200 (float64) under- or overflows on the way.
+    """
+    x = np.asarray(block, dtype=np.float64)
+    x = x / np.abs(x).max(axis=1, keepdims=True)
+    return (x / np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]).astype(np.float32)
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -139,28 +152,53 @@ def _open_npy(path: Path) -> np.ndarray:
         raise VectorSourceError(f"{path}: not a readable .npy file ({exc})") from exc
 
 
-def check_npy(vectors: Path, ids_path: Path | None, dim: int, chunk_rows: int) -> CheckedVectors:
-    """Check a ``.npy`` input and its ids in one pass; the file is read, never copied."""
+def read_npy_ids(vectors: Path, ids_path: Path | None, dim: int) -> tuple[list[str], Path]:
+    """The ids of a ``.npy`` input and their file, after the checks that read no row."""
     ids_path = ids_path or default_ids_path(vectors)
     if not ids_path.exists():
         raise VectorSourceError(f"{vectors}: no ids file; pass --ids PATH (one id a line)")
     matrix = _open_npy(vectors)
-    check_shape(matrix, dim, vectors)  # before reading anything
-    rows = len(matrix)
-    del matrix
+    check_shape(matrix, dim, vectors)
     ids = _read_ids(ids_path)
-    if len(ids) != rows:
-        raise VectorSourceError(f"{ids_path} holds {len(ids)} ids for {rows} vectors in "
+    if len(ids) != len(matrix):
+        raise VectorSourceError(f"{ids_path} holds {len(ids)} ids for {len(matrix)} vectors in "
                                 f"{vectors}: they must pair up one to one")
-    chunks = []
-    for number, start in enumerate(range(0, rows, chunk_rows)):
-        stop = min(start + chunk_rows, rows)
+    return ids, ids_path
+
+
+def check_npy(vectors: Path, ids_path: Path, ids: list[str], dim: int,
+              chunk_rows: int) -> CheckedVectors:
+    """Check every row of a ``.npy`` input, block by block; the file is read, never copied."""
+    chunks, needs_work = [], False
+    for number, start in enumerate(range(0, len(ids), chunk_rows)):
+        stop = min(start + chunk_rows, len(ids))
         # A fresh map per block: pages of blocks already read leave the process's RSS.
         block = _open_npy(vectors)[start:stop]
-        chunks.append(VectorRows(number, vectors, ids_path, start, stop,
-                                 check_rows(block, dim, vectors, start)))
+        needs_work |= check_rows(block, dim, vectors, start)
+        chunks.append(VectorRows(number, vectors, ids_path, start, stop))
         del block
-    return CheckedVectors(ids, chunks)
+    return CheckedVectors(ids, chunks, unit_float32=not needs_work)
+
+
+def as_unit_float32(checked: CheckedVectors, out: Path) -> CheckedVectors:
+    """The input itself when its rows are unit float32 already; else a normalised copy in ``out``.
+
+    Normalising once here, rather than on every read, keeps the build's six passes over
+    the rows (validation, sample, add, exact neighbours...) as cheap as for unit input.
+    """
+    if checked.unit_float32:
+        return checked
+    source = checked.chunks[0].vectors_path
+    dim = _open_npy(source).shape[1]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    matrix = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32,
+                                       shape=(len(checked.ids), dim))
+    for chunk in checked.chunks:
+        matrix[chunk.start:chunk.stop] = unit_rows(_open_npy(source)[chunk.start:chunk.stop])
+    matrix.flush()
+    del matrix
+    return CheckedVectors(checked.ids, [replace(c, vectors_path=out) for c in checked.chunks],
+                          unit_float32=True)
 
 
 def convert_parquet(path: Path, dim: int, chunk_rows: int, out: Path,
@@ -185,15 +223,15 @@ def convert_parquet(path: Path, dim: int, chunk_rows: int, out: Path,
         lengths = {len(v) for v in values}
         if len(lengths) != 1:
             raise VectorSourceError(f"{path}: rows from {row} have vectors of sizes {sorted(lengths)}")
-        block = np.asarray(values, dtype=np.float32)
+        block = np.asarray(values, dtype=np.float64)
         check_rows(block, dim, path, row)
-        matrix[row:row + len(ids)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        matrix[row:row + len(ids)] = unit_rows(block)
         all_ids.extend(ids)
     matrix.flush()
     del matrix
-    chunks = [VectorRows(number, out, path, start, min(start + chunk_rows, len(all_ids)), False)
+    chunks = [VectorRows(number, out, path, start, min(start + chunk_rows, len(all_ids)))
               for number, start in enumerate(range(0, len(all_ids), chunk_rows))]
-    return CheckedVectors(all_ids, chunks)
+    return CheckedVectors(all_ids, chunks, unit_float32=True)
 
 
 def vector_count(path: Path) -> int:

@@ -97,4 +97,5 @@ def test_an_unknown_module_means_loading_the_model_to_learn_its_size(tmp_path: P
     assert configured_dimension(custom) is None
     pooling.write_text('{"word_embedding_dimension": 384}')  # no mode: the library's default
     assert configured_dimension(custom) is None
-    assert embedding_dimension(str(custom), tmp_path / "models") == 384  # loaded: still right
+    spec = resolve_model(str(custom), tmp_path / "models")
+    assert embedding_dimension(spec, tmp_path / "models") == 384  # loaded: still right

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,8 @@ def test_a_schema_2_database_is_migrated(tmp_path: Path) -> None:
     ])
     db["meta"].insert({"key": "schema_version", "value": "2"}, pk="key")
     db.conn.close()
-    create_schema(path)
+    with ThreadPoolExecutor(2) as pool:  # two processes opening it at once
+        list(pool.map(create_schema, [path, path]))
     store = Store(path)
     assert fts_rowids(store) == set(store.rowids(["a"]))
     assert "idx_documents_build" not in {i.name for i in sqlite_utils.Database(path)["documents"].indexes}

@@ -106,13 +106,20 @@ def search_ids(settings: Settings, queries: np.ndarray) -> tuple[list[str], np.n
     return [rows[int(f) >> 16].id for f in found[:, 0]], scores[:, 0]
 
 
-def test_vectors_of_any_length_and_float_type_are_normalised(settings: Settings,
-                                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype, extremes", [
+    (np.float64, (1e-200, 1e200)),
+    (np.float32, (1e-24, 1e21)),  # squared in float32 these would under- and overflow
+])
+def test_vectors_of_any_length_and_float_type_are_normalised(
+        settings: Settings, tmp_path: Path, dtype: type, extremes: tuple[float, float]) -> None:
     rng = np.random.default_rng(2)
     vectors = unit(rng, 200)
-    scaled = vectors.astype(np.float64) * rng.uniform(0.1, 10, (200, 1))
+    scales = rng.uniform(0.1, 10, (200, 1))
+    scales[:2, 0] = extremes
+    scaled = (vectors.astype(np.float64) * scales).astype(dtype)
     ids = [f"id{i}" for i in range(200)]
-    assert cli(settings, "--vectors", str(write_npy(tmp_path, scaled, ids))).exit_code == 0
+    result = cli(settings, "--vectors", str(write_npy(tmp_path, scaled, ids)))
+    assert result.exit_code == 0, result.output
     found, scores = search_ids(settings, vectors[:20])
     assert found == ids[:20]
     np.testing.assert_allclose(scores, 1.0, atol=1e-5)  # cosine, as if they were unit vectors
@@ -177,3 +184,26 @@ def test_a_build_that_dies_after_storing_the_ids_is_finished_by_a_rerun(
     assert check.exit_code == 0, check.output
     found, _ = search_ids(settings, vectors[::50])
     assert found == ids[::50] and store.count_documents() == 200
+
+
+def test_a_failed_rebuild_keeps_every_served_document(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexing.build
+
+    rng = np.random.default_rng(7)
+    served, ids = unit(rng, 100), [f"id{i}" for i in range(100)]
+    assert cli(settings, "--vectors", str(write_npy(tmp_path, served, ids))).exit_code == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    npy = write_npy(other, unit(rng, 40), [f"new{i}" for i in range(40)])
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full while writing the index")
+
+    monkeypatch.setattr(indexing.build, "build_index", crash)
+    assert cli(settings, "--vectors", str(npy)).exit_code == 1
+    _, store = open_store(settings.collections_dir, "v")
+    assert store.get_meta("current_version") == 1
+    assert all(store.document(i) is not None for i in ids)  # version 1 keeps its documents
+    found, _ = search_ids(settings, served[::25])
+    assert found == ids[::25]
