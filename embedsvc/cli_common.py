@@ -33,14 +33,12 @@ def user_errors() -> Iterator[None]:
     from embedsvc.encoders import ModelError
     from embedsvc.search.dense import IndexLoadError
     from embedsvc.search.searcher import SearchConflict
-    from indexing.build import BuildError as IndexBuildError
-    from indexing.job import BuildError
-    from indexing.layouts import LayoutError
+    from indexing.errors import BuildError
     from indexing.sources import SourceError
     from indexing.vector_sources import VectorSourceError
 
     try:
         yield
-    except (BuildError, IndexBuildError, SourceError, VectorSourceError, LayoutError, ModelError,
-            CollectionError, SearchConflict, IndexLoadError, FileNotFoundError, ValueError) as exc:
+    except (BuildError, SourceError, VectorSourceError, ModelError, CollectionError,
+            SearchConflict, IndexLoadError, FileNotFoundError, ValueError) as exc:  # LayoutError too
         raise fail(str(exc)) from exc

@@ -218,10 +218,8 @@ class Store:
         for start in range(0, len(ids), 900):
             part = ids[start : start + 900]
             marks = ",".join("?" * len(part))
-            # "+build" keeps SQLite on the id index even if a build index exists: scanning
-            # every row stored so far for each chunk makes a large build quadratic.
-            rows = self.conn.execute(
-                f"SELECT id, line FROM documents WHERE +build = ? AND id IN ({marks})",
+            rows = self.conn.execute(  # through the id index: one lookup per id
+                f"SELECT id, line FROM documents WHERE build = ? AND id IN ({marks})",
                 (build, *part),
             )
             found.update(rows.fetchall())

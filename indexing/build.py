@@ -41,6 +41,7 @@ import numpy as np
 from embedsvc.files import sha256_file, write_atomic_with
 from embedsvc.search.dense import search_shards
 from indexing.chunkfiles import VectorChunk
+from indexing.errors import BuildError
 from indexing.layouts import LayoutChoice, LayoutError, choose_layout, classify, format_bytes
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ MAX_TUNING_QUERIES = 500
 MAX_EF_SEARCH = 4096
 # Tuning stops once doubling nprobe / efSearch adds less recall than this.
 PLATEAU = 0.001
-
-
-class BuildError(Exception):
-    """The input cannot be indexed; the message names the chunk file and the problem."""
 
 
 class _Corpus:

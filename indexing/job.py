@@ -36,6 +36,7 @@ from embedsvc.files import sha256_file
 from embedsvc.settings import Settings
 from embedsvc.store import NewDocument, document_text, passage_id
 from indexing.chunkfiles import ChunkFile, VectorChunk, verify_chunk, write_chunk
+from indexing.errors import BuildError
 from indexing.passages import split_passages
 from indexing.sources import (
     Chunk,
@@ -72,10 +73,6 @@ OnError = Literal["skip", "fail"]
 # are sized for few SQLite transactions and FAISS calls (about 48 MB of 384-d floats).
 VECTOR_CHUNK_ROWS = 32_768
 LongTexts = Literal["split", "truncate"]
-
-
-class BuildError(Exception):
-    """The build cannot go on; the message names the input line or file to fix."""
 
 
 @dataclass
