@@ -17,6 +17,7 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,14 +87,17 @@ def unpack_default_model(models_dir: Path) -> Path:
             with zipfile.ZipFile(default_model_zip()) as zf:
                 zf.extractall(tmp)
             verify_default_model(tmp)
-            try:
-                tmp.rename(target)
-            except OSError:  # another process won the race; its copy is as good
-                shutil.rmtree(tmp, ignore_errors=True)
+            tmp.rename(target)
+            log.info("unpacked %s into %s", DEFAULT_MODEL, target)
+            return target  # verified as tmp: no second pass over the weights
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not target.is_dir():
+                raise
+            # another process won the race; its copy is checked below like any other
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        log.info("unpacked %s into %s", DEFAULT_MODEL, target)
     verify_default_model(target)
     return target
 
@@ -169,20 +173,35 @@ def embedding_dimension(spec: ModelSpec, models_dir: Path) -> int:
     return dim
 
 
+def load_sentence_transformer(path: Path | str, device: str = "cpu",
+                              max_seq_length: int | None = None) -> Any:
+    """A sentence-transformers model from a local folder: never the network, never remote code.
+
+    The one place models are constructed, for serving, indexing, training and evaluation.
+
+    Raises:
+        ModelError: the folder does not load as a model.
+    """
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model = SentenceTransformer(
+            str(path), device=device, trust_remote_code=False, local_files_only=True
+        )
+    except Exception as exc:  # the library raises many types for a bad folder
+        raise ModelError(f"cannot load model from {path}: {exc}") from exc
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
 class Encoder:
     """A loaded sentence-transformers model that turns texts into unit vectors."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", batch_size: int = 32):
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        try:
-            self.model = SentenceTransformer(
-                str(spec.path), device=device, trust_remote_code=False, local_files_only=True
-            )
-        except Exception as exc:  # the library raises many types for a bad folder
-            raise ModelError(f"cannot load model from {spec.path}: {exc}") from exc
+        self.model = load_sentence_transformer(spec.path, device)
         self.spec = spec
         self.batch_size = batch_size
         dimension = getattr(self.model, "get_embedding_dimension", None) or \

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embedsvc.encoders import load_sentence_transformer
 from embedsvc.ir_metrics import METRICS, evaluate, load_qrels, load_queries
 from training.pairs import load_corpus
 
@@ -48,18 +49,6 @@ class EvalResult:
             "documents": self.documents,
             "seconds": round(self.seconds, 2),
         }
-
-
-def load_model(path: Path | str, max_seq_length: int | None = None, device: str = "cpu") -> Any:
-    """Load a sentence-transformers model from a local folder (no network, no remote code)."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(
-        str(path), device=device, trust_remote_code=False, local_files_only=True
-    )
-    if max_seq_length:
-        model.max_seq_length = max_seq_length
-    return model
 
 
 class ExactSearcher:
@@ -157,7 +146,7 @@ def evaluate_model(
     qrels = load_qrels(beir_dir, split)
     queries = load_queries(beir_dir, set(qrels))
     corpus = load_corpus(beir_dir)
-    model = load_model(model_path, max_seq_length, device)
+    model = load_sentence_transformer(model_path, device, max_seq_length)
     searcher = ExactSearcher(model, corpus, batch_size)
     metrics = evaluate_search(searcher, queries, qrels)
     result = EvalResult(

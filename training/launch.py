@@ -25,7 +25,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedsvc.encoders import DEFAULT_MODEL, ModelError, ModelSpec, resolve_model
+from embedsvc.encoders import (
+    DEFAULT_MODEL,
+    ModelError,
+    ModelSpec,
+    load_sentence_transformer,
+    resolve_model,
+)
 from embedsvc.files import write_json
 from training.pairs import Pair, fingerprint_pairs, write_pairs_jsonl
 
@@ -220,24 +226,26 @@ def run_torchrun(spec: LaunchSpec, train_argv: Sequence[str], batch_size: int | 
     return subprocess.run(cmd, env=torchrun_env(spec, device), check=False).returncode
 
 
-def check_base_model(name: str, models_dir: Path) -> ModelSpec:
-    """Resolve the base model and load it once, so a bad one fails before the launch.
+def load_base_model(name: str, models_dir: Path,
+                    max_seq_length: int | None = None) -> tuple[ModelSpec, Any]:
+    """Resolve and load the base model, so a bad one fails before the launch.
 
     Raises:
         LaunchError: the name is unknown or the folder does not load as a model.
     """
     try:
         spec = resolve_model(name, models_dir)
-        from sentence_transformers import SentenceTransformer
-
-        SentenceTransformer(
-            str(spec.path), device="cpu", trust_remote_code=False, local_files_only=True
-        )
     except ModelError as exc:
         raise LaunchError(str(exc)) from exc
-    except Exception as exc:  # the library raises many types for a bad folder
+    try:
+        return spec, load_sentence_transformer(spec.path, "cpu", max_seq_length)
+    except ModelError as exc:
         raise LaunchError(f"base model {name!r} cannot be loaded: {exc}") from exc
-    return spec
+
+
+def check_base_model(name: str, models_dir: Path) -> ModelSpec:
+    """The base model's spec, once it is known to load (see :func:`load_base_model`)."""
+    return load_base_model(name, models_dir)[0]
 
 
 def run_fingerprint(data_fingerprint: str, base: ModelSpec, options: TrainOptions) -> str:
@@ -378,14 +386,13 @@ def check_job(job: TrainJob) -> str:
     return device
 
 
-def mine_for_job(job: TrainJob, pairs: list[Pair], base: ModelSpec) -> list[Pair]:
-    """Add mined hard negatives found by exact search with the base model."""
-    from training.evaluate import ExactSearcher, load_model
+def mine_for_job(job: TrainJob, pairs: list[Pair], model: Any) -> list[Pair]:
+    """Add mined hard negatives found by exact search with the (loaded) base model."""
+    from training.evaluate import ExactSearcher
     from training.negatives import mine_hard_negatives
     from training.pairs import load_corpus
 
     corpus = load_corpus(job.mine_corpus or job.data)
-    model = load_model(base.path, job.options.max_seq_length)
     searcher = ExactSearcher(model, corpus)
     return mine_hard_negatives(
         pairs, searcher, corpus, num_negatives=job.mine_negatives, skip_top=job.mine_skip_top
@@ -402,10 +409,12 @@ def prepare_job(job: TrainJob, models_dir: Path, runs_dir: Path) -> PreparedRun:
     from training.pairs import load_pairs
 
     check_job(job)
-    base = check_base_model(job.base_model or DEFAULT_MODEL, models_dir)
+    base, model = load_base_model(job.base_model or DEFAULT_MODEL, models_dir,
+                                  job.options.max_seq_length)
     pairs = load_pairs(job.data, job.split)
     if job.mine_negatives:
-        pairs = mine_for_job(job, pairs, base)
+        pairs = mine_for_job(job, pairs, model)
+    del model  # the launched ranks load their own copy
     info = {
         "source": str(job.data),
         "split": job.split if job.data.is_dir() else None,

@@ -140,18 +140,13 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 def load_model(base_model: str, max_seq_length: int | None, device: str) -> Any:
-    """Load the base model from a local folder; never from the network, never remote code."""
-    from sentence_transformers import SentenceTransformer
+    """The base model, from its local folder."""
+    from embedsvc.encoders import ModelError, load_sentence_transformer
 
     try:
-        model = SentenceTransformer(
-            base_model, device=device, trust_remote_code=False, local_files_only=True
-        )
-    except Exception as exc:  # the library raises many types for a bad folder
-        raise TrainError(f"cannot load base model {base_model}: {exc}") from exc
-    if max_seq_length:
-        model.max_seq_length = max_seq_length
-    return model
+        return load_sentence_transformer(base_model, device, max_seq_length)
+    except ModelError as exc:
+        raise TrainError(f"base model: {exc}") from exc
 
 
 def load_dataset(data: Path, split: str) -> Any:
