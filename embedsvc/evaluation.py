@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embedsvc.ir_metrics import evaluate, load_qrels, load_queries
+from embedsvc.ir_metrics import RANKING_DEPTH, SearchFn, evaluate, load_qrels, load_queries
 from embedsvc.search.searcher import Searcher
 
-# Depth of the ranking kept per query: enough for Recall@100 and MAP@100.
-EVAL_DEPTH = 100
+
+def ranked_ids(searcher: Searcher, mode: str) -> SearchFn:
+    """The searcher as evaluation and mining use it: texts in, document ids out.
+
+    A fallback raises instead of being returned, so a degraded ranking can never pass for
+    the mode asked for (unless that mode is ``auto``).
+    """
+    def search(texts: list[str], k: int) -> list[list[str]]:
+        results = searcher.search_many(texts, k, mode)
+        for result in results:
+            if mode != "auto" and result.mode != mode:
+                raise RuntimeError(f"asked for {mode} but got {result.mode} ({result.fallback})")
+        return [[hit.id for hit in result.hits] for result in results]
+
+    return search
 
 
 def evaluate_collection(searcher: Searcher, beir_dir: Path, split: str = "test",
@@ -26,14 +39,11 @@ def evaluate_collection(searcher: Searcher, beir_dir: Path, split: str = "test",
         raise ValueError(f"{len(missing)} judged queries are not in queries.jsonl, e.g. "
                          f"{sorted(missing)[:3]}")
     ids = sorted(queries)
+    search = ranked_ids(searcher, mode)
     run: dict[str, list[str]] = {}
     for start in range(0, len(ids), batch):
         part = ids[start : start + batch]
-        results = searcher.search_many([queries[q] for q in part], EVAL_DEPTH, mode)
-        for qid, result in zip(part, results, strict=True):
-            if mode != "auto" and result.mode != mode:
-                raise RuntimeError(f"asked for {mode} but got {result.mode} ({result.fallback})")
-            run[qid] = [hit.id for hit in result.hits]
+        run.update(zip(part, search([queries[q] for q in part], RANKING_DEPTH), strict=True))
     metrics = evaluate(run, qrels)
     metrics["queries"] = float(len(ids))
     return metrics

@@ -27,6 +27,16 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def short_hash(value: Any) -> str:
+    """16 hex digits of the sha256 of ``value`` as canonical JSON: a fingerprint for names.
+
+    Keys are sorted and anything JSON cannot hold is written as its ``str``, so the same
+    settings always give the same fingerprint.
+    """
+    blob = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 @contextmanager
 def atomic_write(path: Path) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; rename it over ``path`` only on success."""

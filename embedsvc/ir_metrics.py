@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 Run = Mapping[str, Sequence[str]]
@@ -54,6 +54,10 @@ METRICS = {
     "MAP@100": (map_at_k, 100),
     "Recall@100": (recall_at_k, 100),
 }
+# How deep a ranking must go for every metric above.
+RANKING_DEPTH = max(k for _, k in METRICS.values())
+# A search as evaluation and mining see it: query texts and a depth in, ranked ids out.
+SearchFn = Callable[[list[str], int], list[list[str]]]
 
 
 def evaluate(run: Run, qrels: Qrels) -> dict[str, float]:

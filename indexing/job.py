@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -32,7 +31,7 @@ import numpy as np
 from embedsvc import __version__
 from embedsvc.collection import CollectionPaths, open_store, read_manifest
 from embedsvc.encoders import embedding_dimension, load_encoder, resolve_model
-from embedsvc.files import sha256_file
+from embedsvc.files import sha256_file, short_hash
 from embedsvc.settings import Settings
 from embedsvc.store import NewDocument, document_text, passage_id
 from indexing.chunkfiles import ChunkFile, VectorChunk, verify_chunk, write_chunk
@@ -181,12 +180,11 @@ class BuildJob:
         shaping = ["vectors"] if o.vectors is not None else [self.chunk_size, o.long_texts]
         parts = [CHUNK_FORMAT, input_sha, self.spec.weights_sha256 if self.spec else "lexical",
                  o.on_error, *shaping]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+        return short_hash(parts)
 
     def fingerprint(self, build_id: str) -> str:
         o = self.options
-        parts = [build_id, o.index, o.memory_budget, o.target_recall, o.shards]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+        return short_hash([build_id, o.index, o.memory_budget, o.target_recall, o.shards])
 
     def is_up_to_date(self, fingerprint: str) -> bool:
         current = self.store.get_meta("current_version")

@@ -68,14 +68,15 @@ def to_record(line: int, row: Any) -> Item:
     return Record(line, str(raw_id), title, text, metadata)
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path) -> io.TextIOBase:
+    """A UTF-8 text file, gzipped or not, that raises on bytes that are not UTF-8."""
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="strict")
     return open(path, encoding="utf-8", errors="strict", newline="")
 
 
 def read_jsonl(path: Path) -> Iterator[Item]:
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         line_no = 0
         while True:
             line_no += 1
@@ -97,7 +98,7 @@ def read_jsonl(path: Path) -> Iterator[Item]:
 
 
 def read_csv(path: Path) -> Iterator[Item]:
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not set(ID_FIELDS) & set(reader.fieldnames):
             raise SourceError(f"{path}: the CSV header must name an '_id' (or 'id') column")

@@ -1,9 +1,9 @@
 """The training commands of the embedsvc CLI: ``train`` and ``models list|show|promote``.
 
-This module is imported whenever the CLI starts, so it imports only typer and rich at the top;
-torch, sentence-transformers and the training code are imported inside the command bodies,
-and ``embedsvc --help`` stays fast. ``embedsvc/cli.py`` mounts it; ``embedsvc eval --model``
-evaluates a model alone.
+This module is imported whenever the CLI starts, so it imports only typer, rich and the
+CLI's shared console at the top; torch, sentence-transformers and the training code are
+imported inside the command bodies, and ``embedsvc --help`` stays fast.
+``embedsvc/cli.py`` mounts it; ``embedsvc eval --model`` evaluates a model alone.
 """
 
 from __future__ import annotations
@@ -12,18 +12,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
+from embedsvc.cli_common import console, fail
+
 models_app = typer.Typer(help="List, inspect and promote trained model versions.")
-
-
-def _fail(message: str) -> None:
-    from embedsvc.cli_common import fail  # one way to report a user's error across the CLI
-
-    raise fail(message)
 
 
 def _say(message: str) -> None:
@@ -110,8 +104,7 @@ def train_command(
     try:
         outcome = run_training_job(job, settings.models_dir, settings.home)
     except (LaunchError, PairsError, RegistryError, TrainError, ModelError) as exc:
-        _fail(str(exc))
-        return
+        raise fail(str(exc)) from exc
     if outcome.version is None:
         _say(f"training finished; the model is saved by rank 0's node ({outcome.run_dir})")
         return
@@ -133,8 +126,7 @@ def list_command(
     try:
         versions = list_versions(models_dir, name)
     except RegistryError as exc:
-        _fail(str(exc))
-        return
+        raise fail(str(exc)) from exc
     table = Table(title=f"models in {models_dir}")
     for column in ("", "model", "base", "pairs", "nDCG@10", "registered"):
         table.add_column(column, no_wrap=column == "model")
@@ -162,8 +154,7 @@ def show_command(
     try:
         version = get_version(get_settings().models_dir, ref)
     except RegistryError as exc:
-        _fail(str(exc))
-        return
+        raise fail(str(exc)) from exc
     console.print(Markdown(render_card(version.card)))
     _say(f"folder: {version.path}")
 
@@ -177,6 +168,5 @@ def promote_command(ref: Annotated[str, typer.Argument(help="name/version to pro
     try:
         version = promote(get_settings().models_dir, ref)
     except RegistryError as exc:
-        _fail(str(exc))
-        return
+        raise fail(str(exc)) from exc
     _say(f"promoted {version.ref}")

@@ -12,19 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from embedsvc.encoders import load_sentence_transformer
-from embedsvc.ir_metrics import METRICS, evaluate, load_qrels, load_queries
+from embedsvc.ir_metrics import METRICS, RANKING_DEPTH, SearchFn, evaluate, load_qrels, load_queries
 from training.pairs import load_corpus
 
 log = logging.getLogger(__name__)
 
-SearchFn = Callable[[list[str], int], list[list[str]]]
-DEPTH = 100  # deepest cut-off among the metrics (MAP@100, Recall@100)
 PLOT_FILE = "training.png"
 
 
@@ -117,7 +115,7 @@ def evaluate_search(
         nDCG@10, MRR@10, MAP@100 and Recall@100.
     """
     ids = [q for q in qrels if q in queries]
-    ranked = search([queries[q] for q in ids], DEPTH)
+    ranked = search([queries[q] for q in ids], RANKING_DEPTH)
     return evaluate(dict(zip(ids, ranked, strict=True)), qrels)
 
 

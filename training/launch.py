@@ -13,8 +13,6 @@ from its last checkpoint.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -32,7 +30,7 @@ from embedsvc.encoders import (
     load_sentence_transformer,
     resolve_model,
 )
-from embedsvc.files import write_json
+from embedsvc.files import short_hash, write_json
 from training.pairs import Pair, fingerprint_pairs, write_pairs_jsonl
 
 log = logging.getLogger(__name__)
@@ -117,7 +115,6 @@ class PreparedRun:
     pairs_path: Path
     data_fingerprint: str
     n_pairs: int
-    negatives_per_pair: int
     options: TrainOptions
     data_info: dict[str, Any] = field(default_factory=dict)
 
@@ -250,11 +247,9 @@ def check_base_model(name: str, models_dir: Path) -> ModelSpec:
 
 def run_fingerprint(data_fingerprint: str, base: ModelSpec, options: TrainOptions) -> str:
     """A short hash naming the run folder: same data, base and options, same folder."""
-    key = json.dumps(
-        {"data": data_fingerprint, "base": base.weights_sha256, "options": asdict(options)},
-        sort_keys=True,
+    return short_hash(
+        {"data": data_fingerprint, "base": base.weights_sha256, "options": asdict(options)}
     )
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def prepare_run(
@@ -290,7 +285,6 @@ def prepare_run(
         pairs_path=pairs_path,
         data_fingerprint=fingerprint,
         n_pairs=len(pairs),
-        negatives_per_pair=len(pairs[0].negatives),
         options=options,
         data_info=data_info or {},
     )
@@ -433,9 +427,7 @@ def base_metrics_cached(
     from training.evaluate import evaluate_model
 
     qrels_sha = sha256_file(eval_data / "qrels" / f"{split}.tsv")
-    key = hashlib.sha256(
-        f"{base.weights_sha256}|{eval_data.resolve()}|{qrels_sha}|{max_seq_length}".encode()
-    ).hexdigest()[:16]
+    key = short_hash([base.weights_sha256, eval_data.resolve(), qrels_sha, max_seq_length])
     path = cache_dir / f"{key}.json"
     if path.is_file():
         return read_json(path)

@@ -10,14 +10,14 @@ without importing the serving code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from embedsvc.ir_metrics import SearchFn
 from training.pairs import Pair, PairsError
 
 log = logging.getLogger(__name__)
 
-SearchFn = Callable[[list[str], int], list[list[str]]]
 
 
 def positives_by_query(pairs: Sequence[Pair]) -> dict[str, set[str]]:

@@ -10,16 +10,16 @@ so the training entry point never needs the corpus.
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from embedsvc.ir_metrics import load_queries
+from embedsvc.store import document_text
+from indexing.sources import SourceError, beir_corpus, open_text
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +47,12 @@ class Pair:
     negative_ids: tuple[str, ...] = ()
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def corpus_path(beir_dir: Path) -> Path:
-    """The corpus file of a BEIR folder (``corpus.jsonl`` or ``corpus.jsonl.gz``).
-
-    Args:
-        beir_dir: a BEIR dataset folder.
-
-    Returns:
-        The path of the corpus file.
-    """
-    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
-        if (beir_dir / name).is_file():
-            return beir_dir / name
-    raise PairsError(f"{beir_dir} has no corpus.jsonl or corpus.jsonl.gz: is it a BEIR folder?")
+    """The corpus file of a BEIR folder: the one the index reads (``indexing.sources``)."""
+    try:
+        return beir_corpus(beir_dir)
+    except SourceError as exc:
+        raise PairsError(str(exc)) from exc
 
 
 def load_corpus(beir_dir: Path) -> dict[str, str]:
@@ -79,7 +66,7 @@ def load_corpus(beir_dir: Path) -> dict[str, str]:
     """
     path = corpus_path(beir_dir)
     corpus: dict[str, str] = {}
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -90,17 +77,10 @@ def load_corpus(beir_dir: Path) -> dict[str, str]:
                 raise PairsError(
                     f"{path}:{lineno}: not a corpus row with an '_id' ({exc})"
                 ) from exc
-            corpus[doc_id] = doc_text(row)
+            corpus[doc_id] = document_text(row.get("title") or "", row.get("text") or "")
     if not corpus:
         raise PairsError(f"{path} holds no documents")
     return corpus
-
-
-def doc_text(row: dict) -> str:
-    """The text a BEIR document is embedded as: its title, a space, its text."""
-    title = (row.get("title") or "").strip()
-    text = (row.get("text") or "").strip()
-    return f"{title} {text}".strip()
 
 
 def _raise_problems(path: Path, problems: list[str], what: str) -> None:
@@ -207,7 +187,7 @@ def load_jsonl_pairs(path: Path) -> list[Pair]:
     pairs: list[Pair] = []
     problems: list[str] = []
     counts: dict[int, int] = {}
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from embedsvc.files import atomic_write, read_json
+
 log = logging.getLogger("training.train")
 
 CHECKPOINTS = "checkpoints"
@@ -130,7 +132,7 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
         if not step.isdigit():
             continue
         try:
-            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            state = read_json(path / "trainer_state.json")
         except (OSError, json.JSONDecodeError):
             log.warning("skipping incomplete checkpoint %s", path)
             continue
@@ -244,7 +246,8 @@ def trim_loss_log(output_dir: Path, step: int) -> None:
         for line in path.read_text(encoding="utf-8").splitlines()
         if line.strip() and json.loads(line)["step"] <= step
     ]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    with atomic_write(path) as fh:  # a crash here must not lose the steps kept
+        fh.write("".join(line + "\n" for line in keep).encode())
 
 
 def resume_point(args: argparse.Namespace, rank: int) -> Path | None:

@@ -10,8 +10,6 @@ running finish.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -23,7 +21,7 @@ from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
-from embedsvc.files import read_json, write_json
+from embedsvc.files import read_json, short_hash, write_json
 from embedsvc.pipeline.config import Pipeline, PipelineError, resolve
 from embedsvc.settings import Settings
 
@@ -61,8 +59,7 @@ class StateFile:
 
 
 def fingerprint(kind: str, params: dict[str, Any], upstream: dict[str, str]) -> str:
-    blob = json.dumps([kind, params, upstream], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return short_hash([kind, params, upstream])
 
 
 class Runner:

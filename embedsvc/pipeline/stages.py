@@ -63,16 +63,13 @@ def _searcher(ctx: StageContext, collection: str, version: int | None = None) ->
 def mine_negatives(ctx: StageContext, params: dict[str, Any]) -> dict[str, Any]:
     """Hard negatives for the training pairs from the collection's index: top hits that are
     not positives. Writes a pairs JSONL file for the train stage."""
+    from embedsvc.evaluation import ranked_ids
     from training.negatives import mine_hard_negatives
     from training.pairs import load_corpus, load_pairs, write_pairs_jsonl
 
     data = _path(ctx, params["data"])
     pairs = load_pairs(data, params.get("split", "train"))
-    searcher = _searcher(ctx, params["collection"])
-
-    def search(queries: list[str], k: int) -> list[list[str]]:
-        return [[h.id for h in r.hits] for r in searcher.search_many(queries, k, "dense")]
-
+    search = ranked_ids(_searcher(ctx, params["collection"]), "dense")
     mined = mine_hard_negatives(pairs, search, load_corpus(data),
                                 num_negatives=int(params.get("num_negatives", 1)),
                                 skip_top=int(params.get("skip_top", 0)))
