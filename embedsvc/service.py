@@ -50,13 +50,18 @@ class Service:
         return searcher
 
     def preload(self) -> None:
-        """Start loading every model a collection is indexed with, and map its index."""
+        """Start loading every model a collection is indexed with, and its index, in the
+        background: the server answers at once (a query that needs an index still loading
+        waits for it), and checksumming large indexes never delays the start."""
+        searchers = []
         for name in self.collections():
             searcher = self.searcher(name)
             model_id = searcher.store.get_meta("model_id")
             if model_id:
                 self.models.get(model_id)
-                searcher.current_index()
+                searchers.append(searcher)
+        threading.Thread(target=_load_indexes, args=(searchers,), name="preload-indexes",
+                         daemon=True).start()
 
     def describe(self, name: str) -> dict[str, Any]:
         searcher = self.searcher(name)
@@ -89,3 +94,13 @@ class Service:
             if model_id:
                 wanted[model_id] = self.models.status().get(model_id, {}).get("state", "not_loaded")
         return wanted
+
+
+def _load_indexes(searchers: list[Searcher]) -> None:
+    for searcher in searchers:
+        try:
+            searcher.current_index()
+        except Exception:  # noqa: BLE001 - a query will meet the same error and report it
+            log.exception("%s: preloading the index failed", searcher.paths.name)
+        finally:
+            searcher.store.close()  # this thread's connection

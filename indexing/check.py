@@ -16,11 +16,8 @@ import numpy as np
 
 from embedsvc.collection import CollectionPaths, read_manifest
 from embedsvc.encoders import ModelError, resolve_model
-from embedsvc.files import sha256_file
-from embedsvc.search.dense import IndexLoadError, read_shard
+from embedsvc.search.dense import REBUILD, IndexLoadError, load_verified_shard
 from embedsvc.store import Store
-
-REBUILD = "rebuild with `embedsvc index build`"
 
 
 def index_ids(index: faiss.Index) -> np.ndarray:
@@ -71,19 +68,10 @@ def _check_model(manifest: dict, store: Store, models_dir: Path) -> list[str]:
 
 
 def _check_shard(path: Path, meta: dict, dim: int) -> tuple[list[str], np.ndarray]:
-    empty = np.zeros(0, dtype=np.int64)
-    if not path.is_file():
-        return [f"{path} is missing; {REBUILD}"], empty
-    if meta.get("sha256") and sha256_file(path) != meta["sha256"]:
-        return [f"{path} does not match its checksum (truncated or altered); {REBUILD}"], empty
     try:
-        index = read_shard(path, mmap=False)
+        return [], index_ids(load_verified_shard(path, meta, dim, mmap=False))
     except IndexLoadError as exc:
-        return [str(exc)], empty
-    if index.ntotal != meta["count"] or index.d != dim:
-        return [f"{path} holds {index.ntotal} vectors of dim {index.d}, the manifest says "
-                f"{meta['count']} of dim {dim}; {REBUILD}"], empty
-    return [], index_ids(index)
+        return [str(exc)], np.zeros(0, dtype=np.int64)
 
 
 def _check_ids(ids: np.ndarray, store: Store) -> list[str]:

@@ -24,6 +24,9 @@ class IndexLoadError(Exception):
     """An index version on disk is unusable (missing, truncated, inconsistent)."""
 
 
+REBUILD = "rebuild with `embedsvc index build`"
+
+
 def read_shard(path: Path, mmap: bool = True) -> faiss.Index:
     """Read one shard; flat codes are memory-mapped so server processes share one copy.
 
@@ -31,7 +34,7 @@ def read_shard(path: Path, mmap: bool = True) -> faiss.Index:
     inverted lists, which measured at half the search speed; those are read into memory.
     """
     if not path.is_file():
-        raise IndexLoadError(f"{path} is missing")
+        raise IndexLoadError(f"{path} is missing; {REBUILD}")
     try:
         if mmap and hasattr(faiss, "IO_FLAG_MMAP_IFC"):
             try:
@@ -40,7 +43,22 @@ def read_shard(path: Path, mmap: bool = True) -> faiss.Index:
                 pass  # layouts FAISS cannot map are read into memory
         return faiss.read_index(str(path))
     except RuntimeError as exc:
-        raise IndexLoadError(f"{path} cannot be read by FAISS ({exc}); rebuild the index") from exc
+        raise IndexLoadError(f"{path} cannot be read by FAISS ({exc}); {REBUILD}") from exc
+
+
+def load_verified_shard(path: Path, meta: dict[str, Any], dim: int, mmap: bool = True) -> faiss.Index:
+    """One shard, checked against its manifest entry: checksum first, then count and dim.
+
+    Nothing is mapped before the checksum matches: a truncated memory-mapped file would
+    crash the process on first touch.
+    """
+    if path.is_file() and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
+        raise IndexLoadError(f"{path} does not match its checksum (truncated or altered); {REBUILD}")
+    shard = read_shard(path, mmap)
+    if shard.ntotal != meta["count"] or shard.d != dim:
+        raise IndexLoadError(f"{path} holds {shard.ntotal} vectors of dim {shard.d}, the manifest "
+                             f"says {meta['count']} of dim {dim}; {REBUILD}")
+    return shard
 
 
 def search_shards(
@@ -94,23 +112,13 @@ class DenseIndex:
 
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> DenseIndex:
-        """Load a version, refusing files that do not match the manifest's checksums
-        (a truncated memory-mapped file would crash the process on first touch)."""
+        """Load a version, refusing any shard that does not match the manifest."""
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():
             raise IndexLoadError(f"{manifest_path} is missing")
         manifest = read_json(manifest_path)
-        for meta in manifest["shards"]:
-            path = folder / meta["file"]
-            if path.is_file() and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
-                raise IndexLoadError(f"{path} does not match its checksum; rebuild the index")
-        shards = [read_shard(folder / s["file"], mmap) for s in manifest["shards"]]
-        for shard, meta in zip(shards, manifest["shards"], strict=True):
-            if shard.ntotal != meta["count"] or shard.d != manifest["dim"]:
-                raise IndexLoadError(
-                    f"{folder / meta['file']} holds {shard.ntotal} vectors of dim {shard.d}, "
-                    f"the manifest says {meta['count']} of dim {manifest['dim']}"
-                )
+        shards = [load_verified_shard(folder / meta["file"], meta, int(manifest["dim"]), mmap)
+                  for meta in manifest["shards"]]
         params = manifest.get("search_params") or ""
         if params:
             space = faiss.ParameterSpace()

@@ -81,6 +81,8 @@ class Searcher:
             return None
         if index is not None and index.manifest["version"] == wanted:
             return index
+        if self._failed_version == wanted:
+            return index  # known broken: keep serving what we have, without the lock
         with self._reload_lock:
             index = self._index
             stale = index is None or index.manifest["version"] != wanted
