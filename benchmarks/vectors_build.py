@@ -62,12 +62,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from faiss_build import synthetic, time_alternating  # noqa: E402
 
+from embedsvc.store import PASSAGE_BITS  # noqa: E402 (a vector id is doc_rowid << 16 | ordinal)
+
 log = logging.getLogger("benchmarks.vectors_build")
 
 DIM = 384
 K = 10
 BLOCK = 50_000  # rows generated (and held in memory) at a time
-PASSAGE_BITS = 16  # embedsvc.store: a vector id is doc_rowid << 16 | ordinal
 EMBEDSVC = str(Path(sys.executable).with_name("embedsvc"))
 
 
@@ -141,7 +142,7 @@ class Child:
             raise SystemExit(f"{' '.join(self.cmd)} failed ({proc.returncode}):\n{tail}")
         return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
                 "peak_rss": usage.ru_maxrss * 1024, "stdout": "".join(out),
-                "load_before": load_before[0], "load_after": os.getloadavg()[0]}
+                "load_before": load_before[0]}
 
     def first(self, pattern: str) -> float | None:
         """Arrival time of the first stderr line matching ``pattern``."""
