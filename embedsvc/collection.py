@@ -7,15 +7,21 @@ a reader sees the old version or the new one, never a mix.
 
 from __future__ import annotations
 
+import fcntl
 import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from embedsvc.files import read_json
+from embedsvc.search.filters import check_field, index_statement
 from embedsvc.store import DB_NAME, SCHEMA_VERSION, Store, create_schema, schema_version
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class CollectionError(Exception):
@@ -26,9 +32,17 @@ class CollectionNotFound(CollectionError):
     pass
 
 
+class CollectionExists(CollectionError):
+    pass
+
+
+class CollectionBusy(CollectionError):
+    """A build or compaction holds the collection (HTTP 409)."""
+
+
 def check_name(name: str) -> str:
     """Names become folder names, so only a safe subset is allowed."""
-    if not _NAME.match(name or "") or name in {".", ".."}:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise CollectionError(
             f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"
@@ -83,7 +97,8 @@ def open_store(collections_dir: Path, name: str, create: bool = False) -> tuple[
 def list_collections(collections_dir: Path) -> list[str]:
     if not collections_dir.is_dir():
         return []
-    return sorted(p.name for p in collections_dir.iterdir() if (p / DB_NAME).is_file())
+    return sorted(p.name for p in collections_dir.iterdir()
+                  if _NAME.fullmatch(p.name) and (p / DB_NAME).is_file())
 
 
 def read_manifest(paths: CollectionPaths, number: int) -> dict[str, Any]:
@@ -91,3 +106,58 @@ def read_manifest(paths: CollectionPaths, number: int) -> dict[str, Any]:
     if not path.is_file():
         raise CollectionError(f"index version {number} of '{paths.name}' has no {path.name}")
     return read_json(path)
+
+
+def create_collection(collections_dir: Path, name: str, model_id: str | None,
+                      indexed_fields: Sequence[str] = ()) -> CollectionPaths:
+    """Make an empty collection for documents written through the API.
+
+    The folder is prepared under a temporary name and renamed into place, so a collection
+    either exists complete or not at all, and two creators of one name cannot both win.
+
+    Raises:
+        CollectionExists: the name is taken.
+        CollectionError: the name or a field name is invalid.
+    """
+    paths = collection_paths(collections_dir, name)
+    fields = list(dict.fromkeys(check_field(f) for f in indexed_fields))
+    if paths.root.exists():
+        raise CollectionExists(f"collection '{name}' already exists")
+    collections_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=collections_dir, prefix=f".creating-{name}-"))
+    try:
+        create_schema(tmp / DB_NAME)
+        store = Store(tmp / DB_NAME)
+        with store.write() as conn:
+            for field in fields:
+                conn.execute(index_statement(field))
+            store.set_meta(conn, model_id=model_id, indexed_fields=fields, current_version=None)
+        store.close()
+        try:
+            tmp.rename(paths.root)  # fails if the name appeared meanwhile (not an empty dir)
+        except OSError as exc:
+            raise CollectionExists(f"collection '{name}' already exists") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
+def delete_collection(collections_dir: Path, name: str) -> None:
+    """Remove a collection: renamed out of sight at once, then its files deleted.
+
+    Raises:
+        CollectionNotFound: no such collection.
+        CollectionBusy: a build or compaction is running on it.
+    """
+    paths = collection_paths(collections_dir, name)
+    if not paths.db.is_file():
+        raise CollectionNotFound(f"collection '{name}' does not exist")
+    with open(paths.root / "build.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise CollectionBusy(f"a build or compaction of '{name}' is running; wait for it "
+                                 "to finish, then delete") from exc
+        doomed = collections_dir / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+        paths.root.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)

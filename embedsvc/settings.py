@@ -34,10 +34,33 @@ class Settings(BaseSettings):
     max_k: int = Field(1000, ge=1, description="Largest k a search may ask for.")
     max_query_chars: int = Field(4096, ge=1, description="Longest query text accepted.")
     max_embed_texts: int = Field(256, ge=1, description="Most texts in one /v1/embed call.")
-    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
+    max_body_bytes: int = Field(16_000_000, ge=1024, description="Largest request body.")
+    max_batch_documents: int = Field(
+        1000, ge=1, description="Most documents (or ids) in one upsert or delete call.")
+    max_document_bytes: int = Field(
+        1_000_000, ge=1024,
+        description="Largest document (title, text and metadata, UTF-8), written through the "
+                    "API or read from an input line by a build.")
+    max_filter_depth: int = Field(8, ge=1, description="Most nested $and/$or levels in a filter.")
+    max_filter_conditions: int = Field(64, ge=1, description="Most conditions in one filter.")
     preload_models: bool = Field(
         True, description="Load the collections' models in the background at start-up."
     )
+
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant of hybrid search.")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in hybrid.")
+    lexical_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in hybrid.")
+
+    workers: int = Field(1, ge=1, description="Server processes sharing the home folder.")
+    lease_seconds: float = Field(
+        10.0, gt=0, description="Writer lease: a leader silent this long is replaced.")
+    embed_batch_documents: int = Field(
+        32, ge=1, description="Documents the server embeds per micro-batch.")
+    compact_fresh_vectors: int = Field(
+        20_000, ge=1, description="Fresh vectors at which the server compacts by itself.")
+    compact_deleted_ratio: float = Field(
+        0.2, gt=0, le=1,
+        description="Share of the index's vectors deleted or replaced at which it compacts.")
 
     @property
     def collections_dir(self) -> Path:

@@ -1,28 +1,35 @@
-"""The collection's SQLite database: documents, the FTS5 table, builds and metadata.
+"""Access to one collection's SQLite database (tables in :mod:`embedsvc.schema`).
 
 One file per collection, in WAL mode with a busy timeout, so one writer (a build or an
 API write) never blocks the readers that serve search. Each thread gets its own
-connection. A document's FAISS id is its integer row id here; row ids survive
-re-ingestion of the same document id (upsert, never delete-and-insert).
+connection, in autocommit mode: every write runs inside :meth:`Store.write` (``BEGIN
+IMMEDIATE``), which takes the write lock before reading anything. A deferred transaction
+that reads and then writes can fail at once with "database is locked" when another writer
+committed in between; an immediate one waits its turn instead.
+
+A document's row id never changes while it lives (upsert, never delete-and-insert), and
+new ones are allocated above every row id ever used (``next_rowid``), so a vector id of an
+older index version never names a different document.
 """
 
 from __future__ import annotations
 
-import fcntl
+import hashlib
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from embedsvc.schema import DB_NAME, SCHEMA_VERSION, configure, create_schema, schema_version
 
-DB_NAME = "collection.db"
-SCHEMA_VERSION = 3
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "Store", "create_schema", "schema_version"]
+
 # A vector id packs the document's row id and the passage's ordinal within it.
 PASSAGE_BITS = 16
 MAX_PASSAGES = 1 << PASSAGE_BITS
@@ -40,6 +47,11 @@ def split_id(vector_id: int) -> tuple[int, int]:
 def document_text(title: str, text: str) -> str:
     """The text a document is embedded as (title and body, as BEIR and MTEB do)."""
     return f"{title} {text}".strip()
+
+
+def text_sha(title: str, text: str) -> str:
+    """Fingerprint of what a document is embedded from: equal means nothing to re-embed."""
+    return hashlib.sha256(document_text(title, text).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -60,116 +72,29 @@ class NewDocument:
     line: int
 
 
-def _configure(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA busy_timeout=10000")
-    conn.execute("PRAGMA synchronous=NORMAL")
+@dataclass(frozen=True)
+class Tables:
+    """Where a build writes: the served tables (first build) or its staging tables."""
+
+    documents: str
+    passages: str
+
+    @property
+    def staged(self) -> bool:
+        return self.documents != "documents"
+
+    @property
+    def rowid(self) -> str:
+        return "rowid_" if self.staged else "rowid"
 
 
-def schema_version(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    except sqlite3.OperationalError:  # no meta table yet
-        row = None
-    finally:
-        conn.close()
-    return json.loads(row[0]) if row else 0
+SERVED = Tables("documents", "passages")
+STAGED = Tables("staged_documents", "staged_passages")
 
 
-def _has_text(row: str) -> str:
-    return f"(coalesce({row}.title, '') <> '' OR coalesce({row}.text, '') <> '')"
-
-
-# The FTS5 table mirrors only documents that have text. Documents built from --vectors have
-# none, and indexing their empty strings cost more than storing them (2.2s a million).
-# Insert and delete must agree on the condition, or FTS5's external-content index breaks.
-# FTS5's 'rebuild' and 'integrity-check' commands compare with every row of documents, so
-# they must not be used on this table: rebuild would index the empty documents back.
-_FTS_TRIGGERS = {
-    "documents_ai": f"""AFTER INSERT ON documents WHEN {_has_text("new")} BEGIN
-      INSERT INTO documents_fts(rowid, title, text) VALUES (new.rowid, new.title, new.text);
-    END""",
-    "documents_ad": f"""AFTER DELETE ON documents WHEN {_has_text("old")} BEGIN
-      INSERT INTO documents_fts(documents_fts, rowid, title, text)
-        VALUES ('delete', old.rowid, old.title, old.text);
-    END""",
-    "documents_au": f"""AFTER UPDATE ON documents BEGIN
-      INSERT INTO documents_fts(documents_fts, rowid, title, text)
-        SELECT 'delete', old.rowid, old.title, old.text WHERE {_has_text("old")};
-      INSERT INTO documents_fts(rowid, title, text)
-        SELECT new.rowid, new.title, new.text WHERE {_has_text("new")};
-    END""",
-}
-
-
-def _text_only_fts(conn: sqlite3.Connection, resync: bool) -> None:
-    """Install the FTS triggers; ``resync`` re-derives the FTS rows from the documents.
-
-    One IMMEDIATE transaction: no write from another process ever sees the triggers missing.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for name, body in _FTS_TRIGGERS.items():
-            conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-            conn.execute(f"CREATE TRIGGER {name} {body}")
-        if resync:  # schema 2 indexed empty documents too; rebuild from the text ones only
-            conn.execute("INSERT INTO documents_fts(documents_fts) VALUES ('delete-all')")
-            conn.execute("INSERT INTO documents_fts(rowid, title, text) SELECT rowid, title, "
-                         f"text FROM documents WHERE {_has_text('documents')}")
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-
-
-def create_schema(path: Path) -> None:
-    """Create the tables; on an older database, add the ones it lacks and migrate the rest.
-
-    Under a file lock beside the database: two processes opening a new or old collection at
-    once (a server and a build) would otherwise race through the steps, and SQLite refuses
-    the loser's writes with "database is locked" instead of waiting.
-    """
-    with open(path.with_name(f".{path.name}.schema-lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        _create_schema(path)
-
-
-def _create_schema(path: Path) -> None:
-    db = sqlite_utils.Database(path)
-    _configure(db.conn)
-    existed = "documents" in db.table_names()
-    if not existed:
-        db["documents"].create(
-            {"rowid": int, "id": str, "title": str, "text": str, "metadata": str,
-             "build": str, "line": int},
-            pk="rowid", not_null={"id"},
-        )
-        db["documents"].create_index(["id"], unique=True)
-        db["documents"].enable_fts(
-            ["title", "text"], fts_version="FTS5", tokenize="porter", create_triggers=False
-        )
-    if not existed or schema_version(path) < 3:
-        _text_only_fts(db.conn, resync=existed)
-    # schema 2 indexed the build column: 15% of every insert, and no query gains from it
-    # (a build's statements touch most rows; existing_lines goes through the id index)
-    db.conn.execute("DROP INDEX IF EXISTS idx_documents_build")
-    db["passages"].create(
-        {"id": int, "doc": int, "ord": int, "start": int, "end": int}, pk="id", if_not_exists=True,
-    )
-    db["passages"].create_index(["doc"], if_not_exists=True)
-    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-    db["builds"].create(
-        {"id": str, "fingerprint": str, "input": str, "model_id": str, "status": str,
-         "started_at": float, "finished_at": float, "documents": int, "skipped": int},
-        pk="id", if_not_exists=True,
-    )
-    db["build_chunks"].create(
-        {"build": str, "number": int, "checksum": str, "documents": int},
-        pk=("build", "number"), if_not_exists=True,
-    )
-    db["meta"].upsert({"key": "schema_version", "value": json.dumps(SCHEMA_VERSION)}, pk="key")
-    db.conn.close()
+def in_list(values: Sequence[Any]) -> tuple[str, tuple[str]]:
+    """An ``IN (...)`` operand for any number of values: one JSON parameter, no limit."""
+    return "(SELECT value FROM json_each(?))", (json.dumps(list(values)),)
 
 
 class Store:
@@ -183,8 +108,9 @@ class Store:
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
-            _configure(conn)
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
+                                   isolation_level=None)
+            configure(conn)
             self._local.conn = conn
         return conn
 
@@ -194,90 +120,147 @@ class Store:
             conn.close()
             self._local.conn = None
 
-    # --- metadata -------------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding the write lock from its first statement."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every query inside sees the same committed state."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    # --- metadata and counters ------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
-    def set_meta(self, **values: Any) -> None:
-        """Set several keys in one transaction: readers see all of them or none."""
-        with self.conn:
-            self.conn.executemany(
-                "INSERT INTO meta(key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [(k, json.dumps(v)) for k, v in values.items()],
-            )
+    def set_meta(self, conn: sqlite3.Connection | None = None, **values: Any) -> None:
+        """Set several keys in one transaction (``conn``'s, else a new one)."""
+        if conn is None:
+            with self.write() as conn:
+                self.set_meta(conn, **values)
+            return
+        conn.executemany(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(k, json.dumps(v)) for k, v in values.items()],
+        )
+
+    @staticmethod
+    def next_seq(conn: sqlite3.Connection) -> int:
+        """Number this write transaction: searchers and replicas catch up by these numbers."""
+        return conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq' "
+                            "RETURNING CAST(value AS INTEGER)").fetchone()[0]
+
+    @staticmethod
+    def allocate_rowids(conn: sqlite3.Connection, count: int) -> int:
+        """The first of ``count`` new document row ids, above every one used before."""
+        top = conn.execute("SELECT coalesce(max(rowid), 0) FROM documents").fetchone()[0]
+        row = conn.execute("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_rowid'"
+                           ).fetchone()
+        first = max(top + 1, row[0] if row else 1)
+        conn.execute("INSERT INTO meta(key, value) VALUES ('next_rowid', ?) ON CONFLICT(key) "
+                     "DO UPDATE SET value = excluded.value", (str(first + count),))
+        return first
 
     # --- documents ------------------------------------------------------------------------
     def count_documents(self) -> int:
         return self.conn.execute("SELECT count(*) FROM documents").fetchone()[0]
 
-    def existing_lines(self, ids: Sequence[str], build: str) -> dict[str, int]:
+    def existing_lines(self, ids: Sequence[str], build: str, tables: Tables = SERVED) -> dict[str, int]:
         """Line numbers at which ``build`` already stored these ids (to find duplicates)."""
-        found: dict[str, int] = {}
-        for start in range(0, len(ids), 900):
-            part = ids[start : start + 900]
-            marks = ",".join("?" * len(part))
-            rows = self.conn.execute(  # through the id index: one lookup per id
-                f"SELECT id, line FROM documents WHERE build = ? AND id IN ({marks})",
-                (build, *part),
-            )
-            found.update(rows.fetchall())
-        return found
+        operand, params = in_list(ids)
+        rows = self.conn.execute(  # through the id index: one lookup per id
+            f"SELECT id, line FROM {tables.documents} WHERE build = ? AND id IN {operand}",
+            (build, *params))
+        return dict(rows.fetchall())
 
-    def upsert_documents(self, docs: Sequence[NewDocument], build: str) -> list[int]:
-        """Insert or update documents in one transaction; return their row ids in order."""
-        self._upsert((d.id, d.title, d.text, json.dumps(d.metadata) if d.metadata else "{}",
-                      build, d.line) for d in docs)
-        return self.rowids([d.id for d in docs])
+    def upsert_documents(self, docs: Sequence[NewDocument], build: str,
+                         tables: Tables = SERVED) -> list[int]:
+        """Store a build's documents in one transaction; return their row ids in order."""
+        rows = [(d.id, d.title, d.text, json.dumps(d.metadata) if d.metadata else "{}",
+                 d.line, text_sha(d.title, d.text)) for d in docs]
+        return self._store_build_rows([d.id for d in docs], rows, build, tables)
 
-    def upsert_bare_documents(self, ids: Sequence[str], lines: Iterable[int], build: str) -> None:
+    def upsert_bare_documents(self, ids: Sequence[str], lines: Iterable[int], build: str,
+                              tables: Tables = SERVED) -> None:
         """Documents known only by id (vectors made elsewhere), in one transaction.
 
         Rows are zipped straight from the ids: building a million document objects first
         took longer than inserting them.
         """
-        self._upsert(zip(ids, repeat(""), repeat(""), repeat("{}"), repeat(build), lines))
+        rows = zip(ids, repeat(""), repeat(""), repeat("{}"), lines, repeat(None))
+        self._store_build_rows(ids, rows, build, tables, want_rowids=False)
 
-    def _upsert(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        with self.conn:
-            self.conn.executemany(
-                "INSERT INTO documents(id, title, text, metadata, build, line) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                "title = excluded.title, text = excluded.text, metadata = excluded.metadata, "
-                "build = excluded.build, line = excluded.line",
-                rows,
-            )
+    def _store_build_rows(self, ids: Sequence[str], rows: Iterable[tuple[Any, ...]], build: str,
+                          tables: Tables, want_rowids: bool = True) -> list[int]:
+        with self.write() as conn:
+            if not tables.staged:
+                conn.executemany(
+                    "INSERT INTO documents(id, title, text, metadata, line, text_sha, build) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                    "title = excluded.title, text = excluded.text, metadata = excluded.metadata, "
+                    "line = excluded.line, text_sha = excluded.text_sha, build = excluded.build",
+                    (row + (build,) for row in rows))
+            else:
+                rowids = self._staged_rowids(conn, ids, build)
+                seen = conn.execute("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'seq'"
+                                    ).fetchone()[0]
+                conn.executemany(
+                    "INSERT INTO staged_documents(id, title, text, metadata, line, text_sha, "
+                    "build, rowid_, seen_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(build, id) DO UPDATE SET title = excluded.title, "
+                    "text = excluded.text, metadata = excluded.metadata, line = excluded.line, "
+                    "text_sha = excluded.text_sha, seen_seq = excluded.seen_seq",
+                    (row + (build, rowid, seen) for row, rowid in zip(rows, rowids, strict=True)))
+                return rowids
+        return self.rowids(ids) if want_rowids else []
 
-    def build_lines(self, build: str) -> Iterator[tuple[int, int]]:
+    def _staged_rowids(self, conn: sqlite3.Connection, ids: Sequence[str], build: str) -> list[int]:
+        """Row ids for staged documents: a served document's own, else newly allocated ones."""
+        operand, params = in_list(ids)
+        known = dict(conn.execute(f"SELECT id, rowid FROM documents WHERE id IN {operand}", params))
+        known.update(conn.execute(
+            f"SELECT id, rowid_ FROM staged_documents WHERE build = ? AND id IN {operand}",
+            (build, *params)))
+        new = [i for i in dict.fromkeys(ids) if i not in known]
+        if new:
+            first = self.allocate_rowids(conn, len(new))
+            known.update(zip(new, range(first, first + len(new)), strict=True))
+        return [known[i] for i in ids]
+
+    def build_lines(self, build: str, tables: Tables = SERVED) -> Iterator[tuple[int, int]]:
         """(line, row id) of every document ``build`` stored."""
-        return self.conn.execute("SELECT line, rowid FROM documents WHERE build = ?", (build,))
+        return self.conn.execute(
+            f"SELECT line, {tables.rowid} FROM {tables.documents} WHERE build = ?", (build,))
 
     def rowids(self, ids: Sequence[str]) -> list[int]:
-        found: dict[str, int] = {}
-        for start in range(0, len(ids), 900):
-            part = ids[start : start + 900]
-            marks = ",".join("?" * len(part))
-            cur = self.conn.execute(f"SELECT id, rowid FROM documents WHERE id IN ({marks})", part)
-            found.update(cur.fetchall())
+        operand, params = in_list(ids)
+        found = dict(self.conn.execute(
+            f"SELECT id, rowid FROM documents WHERE id IN {operand}", params))
         return [found[i] for i in ids]
-
-    def delete_other_builds(self, build: str) -> int:
-        """Drop documents that the finished build's input no longer holds."""
-        with self.conn:
-            cur = self.conn.execute("DELETE FROM documents WHERE build IS NOT ?", (build,))
-            self.conn.execute("DELETE FROM passages WHERE doc NOT IN (SELECT rowid FROM documents)")
-        return cur.rowcount
 
     def documents_by_rowid(self, rowids: Iterable[int]) -> dict[int, DocumentRow]:
         rowids = list(rowids)
         if not rowids:
             return {}
-        marks = ",".join("?" * len(rowids))
+        operand, params = in_list(rowids)
         cur = self.conn.execute(
-            f"SELECT rowid, id, title, text, metadata FROM documents WHERE rowid IN ({marks})",
-            rowids,
-        )
+            f"SELECT rowid, id, title, text, metadata FROM documents WHERE rowid IN {operand}",
+            params)
         return {r[0]: DocumentRow(r[0], r[1], r[2] or "", r[3] or "", json.loads(r[4] or "{}"))
                 for r in cur}
 
@@ -289,65 +272,107 @@ class Store:
                            json.loads(row[4] or "{}")) if row else None
 
     # --- passages -------------------------------------------------------------------------
-    def replace_passages(self, doc_rowids: Sequence[int],
-                         spans: Sequence[Sequence[tuple[int, int]]]) -> list[int]:
+    def replace_passages(self, doc_rowids: Sequence[int], spans: Sequence[Sequence[tuple[int, int]]],
+                         build: str, tables: Tables = SERVED) -> list[int]:
         """Store each document's passage spans (replacing old ones); return the vector ids."""
         rows = [(passage_id(doc, o), doc, o, start, end)
                 for doc, doc_spans in zip(doc_rowids, spans, strict=True)
                 for o, (start, end) in enumerate(doc_spans)]
-        with self.conn:
-            self.conn.executemany("DELETE FROM passages WHERE doc = ?", [(d,) for d in doc_rowids])
-            self.conn.executemany(
-                "INSERT INTO passages(id, doc, ord, start, end) VALUES (?, ?, ?, ?, ?)", rows
-            )
+        with self.write() as conn:
+            if tables.staged:
+                conn.executemany("DELETE FROM staged_passages WHERE build = ? AND doc = ?",
+                                 [(build, d) for d in doc_rowids])
+                conn.executemany('INSERT INTO staged_passages(build, id, doc, ord, start, "end") '
+                                 "VALUES (?, ?, ?, ?, ?, ?)", [(build, *r) for r in rows])
+            else:
+                conn.executemany("DELETE FROM passages WHERE doc = ?", [(d,) for d in doc_rowids])
+                conn.executemany("DELETE FROM pending WHERE doc = ?", [(d,) for d in doc_rowids])
+                conn.executemany('INSERT INTO passages(id, doc, ord, start, "end") '
+                                 "VALUES (?, ?, ?, ?, ?)", rows)
         return [r[0] for r in rows]
 
-    def one_passage_each(self, build: str) -> None:
+    def one_passage_each(self, build: str, tables: Tables = SERVED) -> None:
         """Give each document of ``build`` a single passage (ordinal 0, no span), in SQL."""
-        with self.conn:
-            self.conn.execute("DELETE FROM passages WHERE ord > 0 AND doc IN "
-                              "(SELECT rowid FROM documents WHERE build = ?)", (build,))
-            self.conn.execute(
-                "INSERT OR REPLACE INTO passages(id, doc, ord, start, end) "
+        with self.write() as conn:
+            if tables.staged:
+                conn.execute("DELETE FROM staged_passages WHERE build = ?", (build,))
+                conn.execute(
+                    'INSERT INTO staged_passages(build, id, doc, ord, start, "end") '
+                    f"SELECT build, rowid_ << {PASSAGE_BITS}, rowid_, 0, 0, 0 "
+                    "FROM staged_documents WHERE build = ?", (build,))
+                return
+            conn.execute("DELETE FROM passages WHERE ord > 0 AND doc IN "
+                         "(SELECT rowid FROM documents WHERE build = ?)", (build,))
+            conn.execute(
+                'INSERT OR REPLACE INTO passages(id, doc, ord, start, "end") '
                 f"SELECT rowid << {PASSAGE_BITS}, rowid, 0, 0, 0 FROM documents WHERE build = ?",
-                (build,),
-            )
+                (build,))
 
     def passage_spans(self, vector_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
         vector_ids = list(vector_ids)
         if not vector_ids:
             return {}
-        marks = ",".join("?" * len(vector_ids))
-        cur = self.conn.execute(f"SELECT id, start, end FROM passages WHERE id IN ({marks})",
-                                vector_ids)
+        operand, params = in_list(vector_ids)
+        cur = self.conn.execute(f'SELECT id, start, "end" FROM passages WHERE id IN {operand}',
+                                params)
         return {i: (s, e) for i, s, e in cur}
 
     def count_passages(self) -> int:
         return self.conn.execute("SELECT count(*) FROM passages").fetchone()[0]
 
     # --- lexical search -------------------------------------------------------------------
-    def bm25(self, match: str, k: int, weights: tuple[float, float]) -> list[tuple[int, float]]:
-        """Top ``k`` (rowid, score) for an FTS5 MATCH expression; higher scores are better."""
-        cur = self.conn.execute(
-            "SELECT rowid, -bm25(documents_fts, ?, ?) AS score FROM documents_fts "
-            "WHERE documents_fts MATCH ? ORDER BY score DESC, rowid LIMIT ?",
-            (*weights, match, k),
-        )
+    def bm25(self, match: str, k: int, weights: tuple[float, float],
+             where: tuple[str, list[Any]] | None = None) -> list[tuple[int, float]]:
+        """Top ``k`` (rowid, score) for an FTS5 MATCH expression; higher scores are better.
+
+        ``where`` is a condition on the ``documents`` row (a metadata filter) and its
+        parameters, applied inside the same query.
+        """
+        if where is None:
+            cur = self.conn.execute(
+                "SELECT rowid, -bm25(documents_fts, ?, ?) AS score FROM documents_fts "
+                "WHERE documents_fts MATCH ? ORDER BY score DESC, rowid LIMIT ?",
+                (*weights, match, k))
+        else:
+            condition, params = where
+            cur = self.conn.execute(
+                "SELECT f.rowid, -bm25(documents_fts, ?, ?) AS score FROM documents_fts f "
+                "JOIN documents ON documents.rowid = f.rowid "
+                f"WHERE documents_fts MATCH ? AND ({condition}) ORDER BY score DESC, f.rowid "
+                "LIMIT ?", (*weights, match, *params, k))
         return cur.fetchall()
 
     # --- builds ---------------------------------------------------------------------------
-    def start_build(self, build: str, fingerprint: str, source: str, model_id: str | None) -> None:
-        with self.conn:
-            self.conn.execute(
-                "INSERT INTO builds(id, fingerprint, input, model_id, status, started_at) "
-                "VALUES (?, ?, ?, ?, 'running', ?) ON CONFLICT(id) DO UPDATE SET "
-                "status = 'running', started_at = excluded.started_at",
-                (build, fingerprint, source, model_id, time.time()),
-            )
+    def start_build(self, build: str, fingerprint: str, source: str, model_id: str | None,
+                    direct: bool) -> tuple[bool, int]:
+        """Record a build as running; a rerun keeps the mode and start of its first run.
+
+        Returns:
+            (True when the build writes into the served tables, the write number at its start).
+        """
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO builds(id, fingerprint, input, model_id, status, started_at, direct, "
+                "started_seq) VALUES (?, ?, ?, ?, 'running', ?, ?, (SELECT CAST(value AS INTEGER) "
+                "FROM meta WHERE key = 'seq')) ON CONFLICT(id) DO UPDATE SET "
+                "status = 'running', started_at = excluded.started_at, "
+                # resuming a build that died keeps its mode; running a finished one again does not
+                "direct = iif(builds.status = 'done', excluded.direct, builds.direct), "
+                "started_seq = iif(builds.status = 'done', excluded.started_seq, builds.started_seq)",
+                (build, fingerprint, source, model_id, time.time(), int(direct)))
+            # builds that died and were not run again: their staged rows will never be applied
+            dead = "SELECT id FROM builds WHERE status = 'running' AND id <> ?"
+            conn.execute(f"DELETE FROM staged_documents WHERE build IN ({dead})", (build,))
+            conn.execute(f"DELETE FROM staged_passages WHERE build IN ({dead})", (build,))
+            direct, started = conn.execute("SELECT direct, started_seq FROM builds WHERE id = ?",
+                                           (build,)).fetchone()
+            if direct:
+                self.set_meta(conn, incomplete_build=build)
+        return bool(direct), started
 
     def finish_build(self, build: str, documents: int, skipped: int) -> None:
-        with self.conn:
-            self.conn.execute(
+        with self.write() as conn:
+            conn.execute(
                 "UPDATE builds SET status = 'done', finished_at = ?, documents = ?, skipped = ? "
                 "WHERE id = ?",
                 (time.time(), documents, skipped, build),
@@ -364,13 +389,13 @@ class Store:
         return {n: (c, d) for n, c, d in cur}
 
     def record_chunk(self, build: str, number: int, checksum: str, documents: int) -> None:
-        with self.conn:
-            self.conn.execute(
+        with self.write() as conn:
+            conn.execute(
                 "INSERT OR REPLACE INTO build_chunks(build, number, checksum, documents) "
                 "VALUES (?, ?, ?, ?)",
                 (build, number, checksum, documents),
             )
 
     def forget_build_chunks(self, build: str) -> None:
-        with self.conn:
-            self.conn.execute("DELETE FROM build_chunks WHERE build = ?", (build,))
+        with self.write() as conn:
+            conn.execute("DELETE FROM build_chunks WHERE build = ?", (build,))

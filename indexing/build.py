@@ -526,6 +526,80 @@ def build_index(
     }
 
 
+def update_index(
+    base: list[faiss.Index],
+    base_manifest: dict[str, Any],
+    choice: LayoutChoice,
+    out_dir: Path,
+    *,
+    remove: np.ndarray,
+    add_ids: np.ndarray,
+    add_vectors: np.ndarray,
+    chunks: list[VectorChunk] | None,
+    target_recall: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A new version from an old one's index: ``remove`` ids dropped, vectors added, retuned.
+
+    What a compaction does when the layout stays what the build chose: no training, no
+    pass over the unchanged vectors except the tuning's exact neighbours.
+
+    Args:
+        base: the old version's shards, read into memory (they are modified).
+        base_manifest: the old version's manifest.
+        choice: the layout :func:`indexing.layouts.choose_layout` picks for the new size; its
+            factory must be the old one's.
+        out_dir: folder of the new version's shards.
+        remove: ids to drop (tombstones of the old version).
+        add_ids: (n,) ids to add, each to shard ``id % shards`` as :func:`build_index` does.
+        add_vectors: (n, dim) their unit float32 vectors.
+        chunks: every live vector of the new version, to tune ``nprobe`` / ``efSearch`` on
+            (None: keep the old version's setting and recall).
+        target_recall: recall@10 that tuning aims for.
+        seed: seed of the tuning sample.
+
+    Returns:
+        Manifest fields, as :func:`build_index` returns them.
+    """
+    clock = _Clock()
+    dim = int(base_manifest["dim"])
+    removed = 0
+    if len(remove):
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(remove, dtype=np.int64))
+        removed = sum(int(shard.remove_ids(selector)) for shard in base)
+    if removed != len(remove):
+        log.warning("%d of %d tombstones were not in the index", len(remove) - removed, len(remove))
+    clock.lap("remove")
+    owner = add_ids % len(base)
+    for number, shard in enumerate(base):
+        mask = owner == number
+        if mask.any():
+            shard.add_with_ids(np.ascontiguousarray(add_vectors[mask], dtype=np.float32),
+                               np.ascontiguousarray(add_ids[mask], dtype=np.int64))
+    clock.lap("add")
+    kind, _ = classify(base[0])
+    params, recall = base_manifest.get("search_params") or "", float(base_manifest["recall_at_10"])
+    if chunks is not None:
+        ids, counts = validate_chunks(chunks, dim)
+        params, recall = _tune(base, _Corpus(chunks, dim, ids, counts), choice, kind,
+                               target_recall, seed)
+    clock.lap("tune")
+    written = _write(base, out_dir)
+    clock.lap("write")
+    count = sum(int(shard.ntotal) for shard in base)
+    log.info("updated %s: -%d +%d vectors → %d, recall@10 %.3f (%s) in %.1fs", choice.factory,
+             removed, len(add_ids), count, recall, params or "exact", clock.total())
+    return {
+        **{key: base_manifest.get(key) for key in ("layout", "kind", "params", "train_size",
+                                                   "reason")},
+        "search_params": params, "recall_at_10": round(recall, 4), "count": count, "dim": dim,
+        "metric": "ip", "shards": written,
+        "index_bytes": sum((out_dir / s["file"]).stat().st_size for s in written),
+        "build_seconds": round(clock.total(), 3), "phase_seconds": clock.laps,
+        "faiss_version": faiss.__version__,
+    }
+
+
 class _Clock:
     """Seconds spent in each phase of a build, for the manifest and the benchmark."""
 
@@ -547,4 +621,4 @@ class _Clock:
 
 __all__ = ["BuildError", "LayoutError", "TrainedIndex", "build_index", "check_shard_settings",
            "exact_topk", "recall_at_k", "sample_rows", "search_shards", "train_index",
-           "validate_chunks", "working_bytes"]
+           "update_index", "validate_chunks", "working_bytes"]

@@ -32,11 +32,12 @@ from embedsvc import __version__
 from embedsvc.collection import CollectionPaths, open_store, read_manifest
 from embedsvc.encoders import embedding_dimension, load_encoder, resolve_model
 from embedsvc.files import sha256_file, short_hash
+from embedsvc.passages import LongTexts, embed_passages
+from embedsvc.search.dense import damaged_shards
 from embedsvc.settings import Settings
-from embedsvc.store import NewDocument, document_text, passage_id
+from embedsvc.store import SERVED, STAGED, NewDocument, Tables, document_text, passage_id
 from indexing.chunkfiles import ChunkFile, VectorChunk, verify_chunk, write_chunk
 from indexing.errors import BuildError
-from indexing.passages import split_passages
 from indexing.sources import (
     Chunk,
     InputIssue,
@@ -58,6 +59,7 @@ from indexing.vector_sources import (
     usable_rows,
     vector_count,
 )
+from indexing.vectorstore import adopt
 from indexing.versions import prune_versions, switch_version, write_version
 
 if TYPE_CHECKING:  # the build imports FAISS, which worker processes embedding text never need
@@ -71,7 +73,6 @@ OnError = Literal["skip", "fail"]
 # Rows per chunk for --vectors when no --chunk-size is given: nothing to embed, so chunks
 # are sized for few SQLite transactions and FAISS calls (about 48 MB of 384-d floats).
 VECTOR_CHUNK_ROWS = 32_768
-LongTexts = Literal["split", "truncate"]
 
 
 @dataclass
@@ -86,8 +87,6 @@ class BuildOptions:
     shards: int | None = None
     keep_versions: int = 2
     switch: bool = True  # False: write the version but keep serving the current one
-    # split: overlapping passages cover the whole text; truncate: only the model's first
-    # window is embedded (the protocol of MTEB / BEIR leaderboards, to compare with them)
     long_texts: LongTexts = "split"
     vectors: Path | None = None  # build from these embeddings instead of the text input
     ids: Path | None = None  # ids file of a .npy vectors file
@@ -135,13 +134,8 @@ class ChunkEmbedder:
 
     def __call__(self, task: EmbedTask) -> EmbeddedChunk:
         encoder = load_encoder(self.model, Path(self.models_dir), self.device, self.batch_size)
-        special = encoder.tokenizer.num_special_tokens_to_add(pair=False)
-        spans = split_passages(encoder.tokenizer, task.texts, encoder.max_seq_length - special)
-        if self.long_texts == "truncate":  # the first window is all the model will see
-            spans = [doc_spans[:1] for doc_spans in spans]
-        passages = [text[start:end] for text, doc_spans in zip(task.texts, spans, strict=True)
-                    for start, end in doc_spans]
-        return EmbeddedChunk(task, spans, encoder.encode(passages))
+        spans, vectors = embed_passages(encoder, task.texts, self.long_texts)
+        return EmbeddedChunk(task, spans, vectors)
 
 
 ProgressFn = Callable[[int], None]
@@ -166,7 +160,9 @@ class BuildJob:
 
             executor = LocalExecutor()
         self.executor = executor
-        self.model_name = None if options.lexical_only else (options.model or settings.default_model)
+        self.tables: Tables = SERVED  # STAGED once a collection is served: see run()
+        model = options.model or self.store.get_meta("model_id") or settings.default_model
+        self.model_name = None if options.lexical_only else model
         self.spec = resolve_model(self.model_name, settings.models_dir) if self.model_name else None
 
     # --- identity --------------------------------------------------------------------------
@@ -193,9 +189,15 @@ class BuildJob:
         if current is None:
             return False
         try:
-            return read_manifest(self.paths, current).get("fingerprint") == fingerprint
+            manifest = read_manifest(self.paths, current)
         except Exception:  # an unreadable manifest means: build again
             return False
+        if manifest.get("fingerprint") != fingerprint:
+            return False
+        damaged = damaged_shards(self.paths.version_dir(current), manifest)
+        if damaged:  # what `index check` reports is repaired by building again
+            log.warning("version %s is damaged (%s); building it again", current, damaged[0])
+        return not damaged
 
     def input_sha(self) -> str:
         if self.options.vectors is None:
@@ -247,8 +249,13 @@ class BuildJob:
                 report.documents = self.store.count_documents()
                 return report
             self.check_layout()
-            self.store.start_build(build_id, fingerprint, str(self.source),
-                                   self.spec.model_id if self.spec else None)
+            # a collection nothing is served from yet takes the documents as they come (BM25
+            # answers meanwhile); any other stages them until its new version is switched in
+            first = self.store.get_meta("current_version") is None and not self.store.count_documents()
+            direct, started_seq = self.store.start_build(build_id, fingerprint, str(self.source),
+                                                         self.spec.model_id if self.spec else None,
+                                                         first)
+            self.tables = SERVED if direct else STAGED
             chunk_dir = self.paths.builds / build_id
             if self.options.vectors is not None:
                 scratch = chunk_dir / "vectors.npy"
@@ -257,11 +264,7 @@ class BuildJob:
                 chunks, trained = self._ingest_vectors(build_id, checked, report)
             else:
                 chunks, trained = self._ingest_and_embed(build_id, chunk_dir, report), None
-            self._finish(build_id, fingerprint, chunks, report, trained)
-            if self.options.switch or self.spec is None:  # the served version no longer needs them
-                removed = self.store.delete_other_builds(build_id)
-                if removed:
-                    log.info("removed %d documents the input no longer holds", removed)
+            self._finish(build_id, fingerprint, chunks, report, trained, started_seq)
             self.store.finish_build(build_id, report.documents, len(report.issues))
             shutil.rmtree(self.paths.builds, ignore_errors=True)
         report.status = "built"
@@ -302,7 +305,7 @@ class BuildJob:
                               self.options.long_texts)
         for done_chunk in self.executor.map(embed, tasks()):
             task = done_chunk.task
-            ids = self.store.replace_passages(task.rowids, done_chunk.spans)
+            ids = self.store.replace_passages(task.rowids, done_chunk.spans, build_id, self.tables)
             checksum = write_chunk(chunk_dir, task.number, ids, done_chunk.vectors)
             self.store.record_chunk(build_id, task.number, checksum, len(task.rowids))
             self.progress(len(task.rowids))
@@ -355,11 +358,12 @@ class BuildJob:
             for chunk in chunks:
                 rows = chunk.rows().tolist()
                 self.store.upsert_bare_documents([all_ids[r] for r in rows], (r + 1 for r in rows),
-                                                 build_id)
+                                                 build_id, self.tables)
                 report.documents += len(rows)
                 self.progress(chunk.stop - chunk.start)
-            self.store.one_passage_each(build_id)
-            lines = np.fromiter(chain.from_iterable(self.store.build_lines(build_id)), np.int64)
+            self.store.one_passage_each(build_id, self.tables)
+            lines = np.fromiter(chain.from_iterable(self.store.build_lines(build_id, self.tables)),
+                                np.int64)
         finally:
             self.store.close()  # this thread's connection
         vector_ids = np.full(len(all_ids), -1, dtype=np.int64)
@@ -370,7 +374,7 @@ class BuildJob:
     def _accept(self, chunk: Chunk, build_id: str, report: BuildReport) -> list[Record]:
         """The chunk's usable records; issues are collected, or raised with ``--on-error fail``."""
         issues = list(chunk.issues)
-        seen = self.store.existing_lines([r.id for r in chunk.records], build_id)
+        seen = self.store.existing_lines([r.id for r in chunk.records], build_id, self.tables)
         records: list[Record] = []
         for record in chunk.records:
             first = seen.get(record.id)
@@ -399,12 +403,12 @@ class BuildJob:
 
     def _store_documents(self, records: list[Record], build_id: str) -> list[int]:
         docs = [NewDocument(r.id, r.title, r.text, r.metadata, r.line) for r in records]
-        return self.store.upsert_documents(docs, build_id) if docs else []
+        return self.store.upsert_documents(docs, build_id, self.tables) if docs else []
 
     def _finish(self, build_id: str, fingerprint: str, chunks: list[VectorChunk],
-                report: BuildReport, trained: TrainedIndex | None) -> None:
+                report: BuildReport, trained: TrainedIndex | None, started_seq: int) -> None:
         if self.spec is None:
-            switch_version(self.store, None, None)
+            switch_version(self.store, None, None, build=build_id)
             self.store.set_meta(lexical_fingerprint=fingerprint)
             return
         if report.documents == 0:
@@ -421,17 +425,40 @@ class BuildJob:
             manifest.update(max_seq_length=self.encoder.max_seq_length, long_texts=o.long_texts)
         number = write_version(
             self.paths,
-            lambda folder: build_index(chunks, self.dim, folder, index=o.index,
-                                       memory_budget=o.memory_budget,
-                                       target_recall=o.target_recall, shards=o.shards,
-                                       trained=trained),
+            lambda folder: {**build_index(chunks, self.dim, folder, index=o.index,
+                                          memory_budget=o.memory_budget,
+                                          target_recall=o.target_recall, shards=o.shards,
+                                          trained=trained),
+                            "store": self._keep_vectors(folder, chunks)},
             manifest,
         )
         if o.switch:
-            switch_version(self.store, number, self.spec.model_id)
+            ids = np.concatenate([chunk.load()[0] for chunk in chunks])
+            switch_version(self.store, number, self.spec.model_id, build=build_id,
+                           started_seq=started_seq, version_ids=ids)
+            self.store.set_meta(layout=self.layout_options(), long_texts=o.long_texts)
             prune_versions(self.paths, number, o.keep_versions)
         report.version = number
         report.manifest = read_manifest(self.paths, number)
+
+    def layout_options(self) -> dict[str, Any]:
+        """What a compaction of this collection needs to choose its layout as this build did."""
+        o = self.options
+        return {"index": o.index, "memory_budget": o.memory_budget,
+                "target_recall": o.target_recall, "shards": o.shards,
+                "keep_versions": o.keep_versions}
+
+    def _keep_vectors(self, folder: Path, chunks: list[VectorChunk]) -> list[dict[str, Any]]:
+        """The version's full-precision vectors: the chunk files linked in, or the input's."""
+        if self.options.vectors is None:
+            return [adopt(folder, f"chunk-{c.number:08d}", c.vectors_path, c.ids_path).describe()
+                    for c in chunks]
+        source = chunks[0].vectors_path  # --vectors rows are one file read in place
+        ids = np.full(len(np.load(source, mmap_mode="r", allow_pickle=False)), -1, np.int64)
+        for chunk in chunks:
+            ids[chunk.rows()] = chunk.ids
+        mine = source.is_relative_to(self.paths.builds)  # else the user's file: copy it
+        return [adopt(folder, "input", source, ids=ids, copy=not mine).describe()]
 
 
 @contextmanager

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from embedsvc.collection import CollectionPaths
 from embedsvc.files import write_json
-from embedsvc.store import Store
+from embedsvc.store import PASSAGE_BITS, Store
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +52,107 @@ def write_version(
     return number
 
 
-def switch_version(store: Store, number: int | None, model_id: str | None) -> None:
-    """Make ``number`` the served version (None: lexical only) in one transaction."""
-    store.set_meta(current_version=number, model_id=model_id)
+def switch_version(store: Store, number: int | None, model_id: str | None,
+                   build: str | None = None, started_seq: int = 0,
+                   version_ids: np.ndarray | None = None) -> None:
+    """Serve version ``number`` (None: lexical only) and, for a build, its documents: one
+    transaction, so readers see the old collection or the new one, never a mix.
+
+    A build's documents reach the served tables here (a staged build's only here; a first
+    build's were written as it went). Documents an earlier build wrote that this one lacks
+    are removed; documents written through the API are kept, and their vectors become the
+    fresh segment again (or are queued to embed when the model changed). A document written
+    through the API after the build read it keeps the API's version: the build's vectors for
+    it become tombstones of the new version.
+
+    Args:
+        store: the collection.
+        number: the version to serve.
+        model_id: its model.
+        build: the build whose version this is (None: not a build, e.g. a deploy of a
+            version whose documents are already served).
+        started_seq: the write number when the build began (first builds, which do not stage).
+        version_ids: every vector id of the version (first builds: to find the documents the
+            API rewrote while the build wrote them).
+    """
+    with store.write() as conn:
+        seq = store.next_seq(conn)
+        model_changed = store.get_meta("model_id") not in (None, model_id)
+        stale: list[int] = []
+        if build is not None:
+            direct = conn.execute("SELECT direct FROM builds WHERE id = ?", (build,)).fetchone()
+            if direct is None or direct[0]:
+                stale = _rewritten_since(conn, started_seq, version_ids)
+            else:
+                stale = _apply_staged(conn, build, seq)
+            removed = "SELECT rowid FROM documents WHERE build IS NOT NULL AND build <> ?"
+            conn.execute(f"DELETE FROM passages WHERE doc IN ({removed})", (build,))
+            conn.execute(f"DELETE FROM pending WHERE doc IN ({removed})", (build,))
+            conn.execute("DELETE FROM documents WHERE build IS NOT NULL AND build <> ?", (build,))
+        ours = "SELECT rowid FROM documents WHERE build = ?"
+        if model_changed:  # their vectors are of the old model: embed them again
+            conn.execute("INSERT OR REPLACE INTO pending(doc, seq) SELECT DISTINCT doc, ? FROM "
+                         f"passages WHERE doc NOT IN ({ours})", (seq, build))
+            conn.execute(f"DELETE FROM passages WHERE doc NOT IN ({ours})", (build,))
+        # what the new version does not hold: the fresh segment, where a vector is kept
+        conn.execute("INSERT OR REPLACE INTO pending(doc, seq) SELECT DISTINCT doc, ? FROM passages "
+                     f"WHERE indexed = 1 AND vector IS NULL AND doc NOT IN ({ours})", (seq, build))
+        conn.execute("DELETE FROM passages WHERE indexed = 1 AND vector IS NULL AND doc NOT IN "
+                     f"({ours})", (build,))
+        conn.execute(f"UPDATE passages SET indexed = 0 WHERE indexed = 1 AND doc NOT IN ({ours})",
+                     (build,))
+        if number is not None and build is not None:
+            conn.execute(f"UPDATE passages SET indexed = 1 WHERE doc IN ({ours})", (build,))
+        conn.execute("DELETE FROM tombstones")
+        conn.executemany("INSERT OR REPLACE INTO tombstones(vid, seq) VALUES (?, ?)",
+                         [(vid, seq) for vid in stale])
+        done = {"incomplete_build": None} if store.get_meta("incomplete_build") == build else {}
+        store.set_meta(conn, current_version=number, model_id=model_id, **done)
+        conn.execute("INSERT INTO changes(seq, doc, id, op) VALUES (?, 0, ?, 'switch')",
+                     (seq, build or str(number)))
     log.info("switched to %s", f"index version {number}" if number else "lexical only")
+
+
+def _apply_staged(conn: sqlite3.Connection, build: str, seq: int) -> list[int]:
+    """Move a staged build's documents and passages into the served tables.
+
+    Returns:
+        Vector ids of the build's version whose documents were written through the API after
+        the build read them (the API's write is the newer one and stays).
+    """
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS applied (doc INTEGER PRIMARY KEY)")
+    conn.execute("DELETE FROM temp.applied")
+    conn.execute("INSERT INTO temp.applied SELECT rowid_ FROM staged_documents s WHERE build = ? "
+                 "AND NOT EXISTS (SELECT 1 FROM changes c WHERE c.id = s.id AND c.seq > s.seen_seq)",
+                 (build,))
+    conn.execute(
+        "INSERT INTO documents(rowid, id, title, text, metadata, line, text_sha, build) "
+        "SELECT rowid_, id, title, text, metadata, line, text_sha, build FROM staged_documents "
+        "WHERE build = ? AND rowid_ IN temp.applied ON CONFLICT(id) DO UPDATE SET "
+        "title = excluded.title, text = excluded.text, metadata = excluded.metadata, "
+        "line = excluded.line, text_sha = excluded.text_sha, build = excluded.build", (build,))
+    conn.execute("DELETE FROM passages WHERE doc IN temp.applied")
+    conn.execute("DELETE FROM pending WHERE doc IN temp.applied")
+    conn.execute('INSERT INTO passages(id, doc, ord, start, "end", indexed, seq) SELECT id, doc, '
+                 "ord, start, \"end\", 0, ? FROM staged_passages WHERE build = ? AND doc IN "
+                 "temp.applied", (seq, build))
+    stale = [r[0] for r in conn.execute(
+        "SELECT id FROM staged_passages WHERE build = ? AND doc NOT IN temp.applied", (build,))]
+    conn.execute("DELETE FROM staged_passages WHERE build = ?", (build,))
+    conn.execute("DELETE FROM staged_documents WHERE build = ?", (build,))
+    return stale
+
+
+def _rewritten_since(conn: sqlite3.Connection, started_seq: int,
+                     version_ids: np.ndarray | None) -> list[int]:
+    """Vector ids of a first build's version whose documents the API rewrote or deleted
+    while the build ran (the build wrote them into the served tables as it went)."""
+    docs = [doc for (doc,) in conn.execute(
+        "SELECT DISTINCT doc FROM changes WHERE seq > ? AND op IN ('upsert', 'delete')",
+        (started_seq,))]
+    if not docs or version_ids is None:
+        return []
+    return version_ids[np.isin(version_ids >> PASSAGE_BITS, docs)].tolist()
 
 
 def prune_versions(paths: CollectionPaths, current: int | None, keep: int) -> list[int]:

@@ -9,6 +9,7 @@ import pytest
 
 from embedsvc.search.lexical import match_expression, search_lexical
 from embedsvc.store import NewDocument, Store, create_schema
+from indexing.versions import switch_version
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def test_only_documents_with_text_are_in_the_fts_index(store: Store) -> None:
     store.upsert_documents([NewDocument("v1", "Vitamin C", "", {}, 4)], "b2")  # text arrives
     assert fts_rowids(store) == set(store.rowids(["d2", "d3", "v1"]))
     assert sorted(ids(store, "vitamin")) == ["d2", "v1"] and ids(store, "shoes") == []
-    store.delete_other_builds("b2")  # d2, d3 (text) and v2 (none) go
+    switch_version(store, None, None, build="b2")  # d2, d3 (text) and v2 (none) go
     assert fts_rowids(store) == set(store.rowids(["v1"]))
     assert ids(store, "vitamin") == ["v1"]
 
@@ -90,5 +91,5 @@ def test_a_schema_2_database_is_migrated(tmp_path: Path) -> None:
     assert fts_rowids(store) == set(store.rowids(["a"]))
     assert "idx_documents_build" not in {i.name for i in sqlite_utils.Database(path)["documents"].indexes}
     assert ids(store, "vitamin") == ["a"]
-    store.delete_other_builds("new")
+    switch_version(store, None, None, build="new")
     assert fts_rowids(store) == set() and ids(store, "vitamin") == []

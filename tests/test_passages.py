@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from embedsvc.client import Client
+from embedsvc.passages import split_passages, windows
 from embedsvc.settings import Settings
 from indexing.job import BuildJob, BuildOptions
-from indexing.passages import split_passages, windows
 from tests.conftest import RunningServer, write_jsonl
 
 

@@ -143,9 +143,9 @@ def tiny_model(folder: Path, bundled_model: Path) -> Path:
     return folder / "st"
 
 
-def index_and_deploy(mini_beir: Path, model: Path | None, after: str | None) -> str:
+def index_and_deploy(mini_beir: Path, model: Path | str, after: str | None) -> str:
     """TOML for an `index` stage (a candidate built with ``model``) and its `deploy`."""
-    model_line = f'model = "{model}"\n' if model else ""
+    model_line = f'model = "{model}"\n'
     after_line = f'after = ["{after}"]\n' if after else ""
     return (f'[stages.index]\nkind = "index"\n{after_line}collection = "c"\n'
             f'input = "{mini_beir}"\n{model_line}'
@@ -159,7 +159,7 @@ def test_deploy_switches_only_to_a_better_model(settings: Settings, tmp_path: Pa
     better = tmp_path / "better.toml"
     better.write_text(f'name = "better"\n[stages.ingest]\nkind = "ingest"\ncollection = "c"\n'
                       f'input = "{mini_beir}"\nmodel = "{tiny}"\n'
-                      + index_and_deploy(mini_beir, None, after="ingest"))
+                      + index_and_deploy(mini_beir, "all-MiniLM-L6-v2", after="ingest"))
     run = runner.invoke(app, ["--home", str(settings.home), "pipeline", "run", str(better)])
     assert run.exit_code == 0, run.output
     _, store = open_store(settings.collections_dir, "c")

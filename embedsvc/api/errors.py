@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from embedsvc.collection import CollectionError, CollectionNotFound
+from embedsvc.collection import CollectionBusy, CollectionError, CollectionExists, CollectionNotFound
 from embedsvc.encoders import ModelError
 from embedsvc.search.searcher import SearchConflict, SearchUnavailable
 
@@ -34,6 +34,8 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 
 _DOMAIN = [
     (CollectionNotFound, 404, "not_found"),
+    (CollectionExists, 409, "exists"),
+    (CollectionBusy, 409, "busy"),
     (CollectionError, 400, "bad_request"),
     (SearchConflict, 409, "conflict"),
     (SearchUnavailable, 503, "unavailable"),

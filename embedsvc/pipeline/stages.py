@@ -128,8 +128,9 @@ def deploy(ctx: StageContext, params: dict[str, Any]) -> dict[str, Any]:
     if served_version == candidate_version:
         deployed, reason = False, f"version {candidate_version} is already served"
     elif current is None or candidate[metric] > current[metric] + min_gain:
-        model_id = read_manifest(served.paths, candidate_version)["model_id"]
-        switch_version(served.store, candidate_version, model_id)
+        manifest = read_manifest(served.paths, candidate_version)
+        switch_version(served.store, candidate_version, manifest["model_id"],
+                       build=manifest.get("build_id"))
         prune_versions(served.paths, candidate_version, int(params.get("keep_versions", 2)))
         deployed = True
         reason = (f"{metric} {candidate[metric]:.4f} beats the served "

@@ -8,7 +8,11 @@ swapped in by reference.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +65,28 @@ def load_verified_shard(path: Path, meta: dict[str, Any], dim: int, mmap: bool =
     return shard
 
 
+ShardSearch = Callable[[int, faiss.Index, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def damaged_shards(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """Shards of a version that are missing or no longer match their checksum."""
+    problems = []
+    for meta in manifest.get("shards", []):
+        path = folder / meta["file"]
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif meta.get("sha256") and sha256_file(path) != meta["sha256"]:
+            problems.append(f"{path} does not match its checksum")
+    return problems
+
+
 def search_shards(
     indexes: list[faiss.Index],
     queries: np.ndarray,
     k: int,
     *,
     pool: Executor | None = None,
+    search: ShardSearch | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Search every shard in parallel and merge the top ``k`` as one index would.
 
@@ -78,6 +98,8 @@ def search_shards(
         queries: (nq, dim) float32 queries.
         k: results per query.
         pool: executor to run the shard searches on; a temporary one when None.
+        search: ``search(shard_number, shard, queries, k)`` when a shard is not searched
+            plainly (a filter, tombstones).
 
     Returns:
         (scores (nq, k) float32, ids (nq, k) int64), best first.
@@ -85,19 +107,54 @@ def search_shards(
     if not indexes:
         raise ValueError("search_shards needs at least one index")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    one = search or (lambda _, ix, q, n: ix.search(q, n))
     if len(indexes) == 1:
-        results = [indexes[0].search(queries, k)]
+        results = [one(0, indexes[0], queries, k)]
     elif pool is not None:
-        results = list(pool.map(lambda ix: ix.search(queries, k), indexes))
+        results = list(pool.map(lambda s: one(s, indexes[s], queries, k), range(len(indexes))))
     else:
         with ThreadPoolExecutor(max_workers=len(indexes)) as own:
-            results = list(own.map(lambda ix: ix.search(queries, k), indexes))
-    scores = np.concatenate([r[0] for r in results], axis=1)  # (nq, shards * k)
-    ids = np.concatenate([r[1] for r in results], axis=1)
+            results = list(own.map(lambda s: one(s, indexes[s], queries, k), range(len(indexes))))
+    return merge_top(np.concatenate([r[0] for r in results], axis=1),
+                     np.concatenate([r[1] for r in results], axis=1), k)
+
+
+def merge_top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of several result lists side by side ((nq, n) each), ties by id."""
     scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
     order = np.lexsort((ids, -scores), axis=1)[:, :k]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
+
+# A filter matching at most this many vectors is answered by exact search over exactly
+# them: approximate layouts lose recall when most of what they visit is filtered out.
+EXACT_SUBSET = 10_000
+
+
+@dataclass(frozen=True)
+class IdFilter:
+    """Which vector ids a search may return: only ``include`` (a metadata filter's
+    passages), or all but ``exclude`` (tombstones)."""
+
+    ids: np.ndarray  # sorted int64
+    include: bool
+
+    @cached_property
+    def selector(self) -> faiss.IDSelector:
+        batch = faiss.IDSelectorBatch(self.ids)
+        return batch if self.include else _Not(batch)
+
+    def allowed(self, ids: np.ndarray) -> np.ndarray:
+        member = np.isin(ids, self.ids)
+        return (member if self.include else ~member) & (ids >= 0)
+
+
+class _Not(faiss.IDSelectorNot):
+    """IDSelectorNot that keeps the selector it negates alive (SWIG does not)."""
+
+    def __init__(self, inner: faiss.IDSelector):
+        super().__init__(inner)
+        self.inner = inner
 
 
 class DenseIndex:
@@ -134,11 +191,54 @@ class DenseIndex:
     def count(self) -> int:
         return int(self.manifest["count"])
 
-    def passage_depth(self, k: int) -> int:
-        """Passages to fetch for ``k`` documents: enough for the average passages per document."""
-        per_doc = self.count / max(int(self.manifest.get("documents") or self.count), 1)
-        return max(1, min(self.count, int(np.ceil(k * max(per_doc, 1.0) * 2))))
+    def passages_per_document(self) -> float:
+        """Average passages a document has here: how deep to search for ``k`` documents."""
+        return max(1.0, self.count / max(int(self.manifest.get("documents") or self.count), 1))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` (scores, ids) per query; ids are -1 where fewer than k exist."""
-        return search_shards(self.shards, queries, k, pool=self._pool)
+    def search(self, queries: np.ndarray, k: int,
+               only: IdFilter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (scores, ids) per query; ids are -1 where fewer than k exist.
+
+        With ``only``, ids it rules out never come back and take no place in the top ``k``:
+        the selector runs inside FAISS. A filter matching few vectors searches exactly
+        those; for IVF, one matching a share ``s`` of the vectors probes ``1/s`` times the
+        tuned lists, so the matches it visits, and the recall, stay what tuning measured.
+        """
+        if only is None:
+            return search_shards(self.shards, queries, k, pool=self._pool)
+        return search_shards(self.shards, queries, k, pool=self._pool,
+                             search=lambda n, shard, q, depth: self._search_shard(n, shard, q, depth, only))
+
+    def _search_shard(self, number: int, shard: faiss.Index, queries: np.ndarray, k: int,
+                      only: IdFilter) -> tuple[np.ndarray, np.ndarray]:
+        matched = len(only.ids) if only.include else None
+        top = faiss.downcast_index(shard)
+        if isinstance(top, faiss.IndexIVF):
+            ivf = top
+            nprobe = ivf.nprobe
+            if matched is not None:
+                nprobe = ivf.nlist if matched <= EXACT_SUBSET else \
+                    min(ivf.nlist, math.ceil(nprobe * self.count / max(matched, 1)))
+            return shard.search(queries, k, params=faiss.SearchParametersIVF(
+                sel=only.selector, nprobe=nprobe))
+        inner = faiss.downcast_index(top.index) if isinstance(top, faiss.IndexIDMap) else None
+        if isinstance(inner, faiss.IndexHNSW):
+            if matched is not None and matched <= EXACT_SUBSET:
+                return self._exact(number, top, queries, k, only.ids)
+            return shard.search(queries, k, params=faiss.SearchParametersHNSW(
+                sel=only.selector, efSearch=max(inner.hnsw.efSearch, k)))
+        if isinstance(inner, faiss.IndexFlat):
+            return shard.search(queries, k, params=faiss.SearchParameters(sel=only.selector))
+        # a layout FAISS cannot filter inside: filter its results (the caller asks deeper)
+        scores, ids = shard.search(queries, k)
+        return scores, np.where(only.allowed(ids), ids, -1)
+
+    def _exact(self, number: int, shard: faiss.Index, queries: np.ndarray, k: int,
+               ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` over the given ids of one shard (each id lives in shard id % S)."""
+        mine = ids[ids % len(self.shards) == number]
+        if not len(mine):
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1)
+        scores, rows = faiss.knn(queries, shard.reconstruct_batch(mine), min(k, len(mine)),
+                                 metric=faiss.METRIC_INNER_PRODUCT)
+        return scores, np.where(rows >= 0, mine[np.maximum(rows, 0)], -1)

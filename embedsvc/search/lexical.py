@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from embedsvc.search.filters import CompiledFilter
 from embedsvc.store import Store
 
 # Lucene's EnglishAnalyzer default stop set.
@@ -33,9 +34,11 @@ def match_expression(query: str, max_terms: int = 64) -> str | None:
     return " OR ".join(f'"{t}"' for t in terms[:max_terms])
 
 
-def search_lexical(store: Store, query: str, k: int) -> list[tuple[int, float]]:
-    """Top ``k`` (rowid, bm25 score) for free text; empty when nothing can match."""
+def search_lexical(store: Store, query: str, k: int,
+                   where: CompiledFilter | None = None) -> list[tuple[int, float]]:
+    """Top ``k`` (rowid, bm25 score) for free text, among the documents ``where`` matches;
+    empty when nothing can match."""
     match = match_expression(query)
     if match is None:
         return []
-    return store.bm25(match, k, WEIGHTS)
+    return store.bm25(match, k, WEIGHTS, (where.sql, list(where.params)) if where else None)

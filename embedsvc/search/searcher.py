@@ -1,9 +1,17 @@
-"""Search over one collection: picks the mode, applies the cold-start fallbacks.
+"""Search over one collection: picks the mode, applies filters and the cold-start fallbacks.
 
-The searcher holds the current index version as an immutable snapshot. Before each
-search it compares the version the database names with the one it holds (one indexed
-read); a new version is loaded beside the old one and swapped in by reference, so
-searches in flight finish on the old snapshot and no search ever waits on a lock.
+The searcher holds a :class:`~embedsvc.search.fresh.LiveView`: the served index version,
+its tombstones and the fresh segment. Before each search it compares the write number and
+version the database names with the view's (one indexed read) and catches up with what
+changed; a new version is loaded beside the old one and swapped in by reference, so
+searches in flight finish on the old snapshot and no search waits for a write.
+
+Dense search merges the index version (tombstones excluded inside FAISS) with an exact
+scan of the fresh segment, by score, and collapses passages to documents by their best
+passage. A metadata filter is one SQL condition for every mode: BM25 applies it in its
+query, dense search turns it into the set of matching vector ids. When ``k`` documents
+are not found at the depth asked for (many passages per document, a selective filter),
+it asks deeper until they are or every candidate has been seen.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import numpy as np
 from embedsvc.client import Hit, Passage
 from embedsvc.collection import CollectionPaths
 from embedsvc.encoders import Encoder
-from embedsvc.search.dense import DenseIndex, IndexLoadError
+from embedsvc.search import fresh as live
+from embedsvc.search.dense import DenseIndex, IdFilter, IndexLoadError, merge_top
+from embedsvc.search.filters import CompiledFilter
 from embedsvc.search.fusion import rrf
 from embedsvc.search.lexical import search_lexical
 from embedsvc.store import Store, document_text, split_id
@@ -32,6 +42,8 @@ Mode = Literal["auto", "dense", "lexical", "hybrid"]
 MODES: tuple[str, ...] = ("auto", "dense", "lexical", "hybrid")
 # Candidates fetched from each side before fusion.
 _HYBRID_DEPTH = 100
+# Filters whose matching vector ids a view keeps (a view lasts until the next write).
+_CACHED_FILTERS = 32
 
 
 class SearchConflict(Exception):
@@ -46,6 +58,15 @@ class SearchUnavailable(Exception):
 Ranked = tuple[int, float, int | None]
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid search fuses its two rankings: weighted reciprocal rank fusion."""
+
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    lexical_weight: float = 1.0
+
+
 @dataclass
 class SearchResult:
     hits: list[Hit]
@@ -58,129 +79,229 @@ class SearchResult:
 EncoderLookup = Callable[[str], Encoder | None]
 
 
+@dataclass(frozen=True)
+class _Restriction:
+    """What a filter leaves to dense search: index vector ids and fresh rows."""
+
+    index: IdFilter | None
+    fresh: np.ndarray | None  # bool mask over the fresh segment
+    candidates: int
+
+
 class Searcher:
     """Answers searches for one collection with whatever is available right now."""
 
     def __init__(self, paths: CollectionPaths, store: Store, encoders: EncoderLookup,
-                 pinned_version: int | None = None):
+                 pinned_version: int | None = None, fusion: Fusion = Fusion()):
         self.paths = paths
         self.store = store
         self.encoders = encoders
-        # A version to search instead of the current one (to evaluate a candidate).
+        self.fusion = fusion
+        # A version to search instead of the current one (to evaluate a candidate): its index
+        # alone, without the served version's fresh segment and tombstones.
         self.pinned_version = pinned_version
-        self._index: DenseIndex | None = None
+        self._view: live.LiveView | None = None
         self._failed_version: int | None = None
         self._reload_lock = threading.Lock()
 
-    # --- the current index snapshot --------------------------------------------------------
-    def current_index(self) -> DenseIndex | None:
-        """The index version the database names, loading it if it changed since last time."""
-        wanted = self.pinned_version or self.store.get_meta("current_version")
-        index = self._index
-        if wanted is None:
-            return None
-        if index is not None and index.manifest["version"] == wanted:
-            return index
-        if self._failed_version == wanted:
-            return index  # known broken: keep serving what we have, without the lock
+    # --- the current snapshot --------------------------------------------------------------
+    def view(self) -> live.LiveView:
+        """The collection's dense side as of the last committed write."""
+        view = self._view
+        if view is not None and self.pinned_version is None:
+            caught_up = live.refresh(self.store, view)
+            if caught_up is not None:
+                self._view = caught_up
+                return caught_up
+        elif view is not None:
+            return view
         with self._reload_lock:
-            index = self._index
-            stale = index is None or index.manifest["version"] != wanted
-            if stale and self._failed_version != wanted:
-                try:
-                    self._index = DenseIndex.load(self.paths.version_dir(wanted))
-                    log.info("%s: serving index version %s", self.paths.name, wanted)
-                except IndexLoadError as exc:
-                    # Keep serving what we have; never swap in a broken version.
-                    self._failed_version = wanted
-                    log.error("%s: cannot load version %s, still serving %s: %s", self.paths.name,
-                              wanted, index.manifest["version"] if index else "none", exc)
-        return self._index
+            return self._reload()
+
+    def _reload(self) -> live.LiveView:
+        """Load the version the database names (keeping the old one if it is broken)."""
+        if self.pinned_version is not None:
+            index = self._load_index(self.pinned_version, None)
+            self._view = live.LiveView(self.pinned_version, index, 0, np.empty(0, np.int64),
+                                       live.FreshSegment.empty())
+            return self._view
+        with self.store.read() as conn:
+            wanted, _, _ = live.state_numbers(conn)
+        held = self._view.index if self._view is not None else None
+        if held is not None and held.manifest["version"] == wanted:
+            index = held
+        else:
+            index = self._load_index(wanted, held)
+        self._view = live.load(self.store, index, wanted)
+        return self._view
+
+    def _load_index(self, wanted: int | None, held: DenseIndex | None) -> DenseIndex | None:
+        if wanted is None or self._failed_version == wanted:
+            return held if wanted is not None else None
+        try:
+            index = DenseIndex.load(self.paths.version_dir(wanted))
+            log.info("%s: serving index version %s", self.paths.name, wanted)
+            return index
+        except IndexLoadError as exc:
+            # Keep serving what we have; never swap in a broken version.
+            self._failed_version = wanted
+            log.error("%s: cannot load version %s, still serving %s: %s", self.paths.name,
+                      wanted, held.manifest["version"] if held else "none", exc)
+            return held
+
+    def current_index(self) -> DenseIndex | None:
+        """The index version being served (loading it if it changed)."""
+        return self.view().index
 
     @property
     def index_failed(self) -> bool:
         """True when the version the database names could not be loaded."""
-        return self._failed_version is not None and self._index is None
+        view = self._view
+        return self._failed_version is not None and (view is None or view.index is None)
 
     # --- search ----------------------------------------------------------------------------
     def search(self, query: str, k: int, mode: str = "auto", model: str | None = None,
-               include_text: bool = False, include_metadata: bool = False) -> SearchResult:
-        return self.search_many([query], k, mode, model, include_text, include_metadata)[0]
+               include_text: bool = False, include_metadata: bool = False,
+               where: CompiledFilter | None = None, fusion: Fusion | None = None) -> SearchResult:
+        return self.search_many([query], k, mode, model, include_text, include_metadata, where,
+                                fusion)[0]
 
     def search_many(self, queries: Sequence[str], k: int, mode: str = "auto",
                     model: str | None = None, include_text: bool = False,
-                    include_metadata: bool = False) -> list[SearchResult]:
+                    include_metadata: bool = False, where: CompiledFilter | None = None,
+                    fusion: Fusion | None = None) -> list[SearchResult]:
         """Search several queries at once (one encoder call), e.g. for evaluation."""
         start = time.perf_counter()
-        index, fallback, encoder = self._plan(mode, model)
-        used = "lexical" if index is None else ("hybrid" if mode == "hybrid" else "dense")
+        view = self.view()
+        used, fallback, encoder = self._plan(view, mode, model)
         if used == "lexical":
-            ranked = [[(d, s, None) for d, s in search_lexical(self.store, q, k)] for q in queries]
+            ranked = [self._lexical(q, k, where) for q in queries]
         else:
             assert encoder is not None
-            ranked = self._dense(index, encoder, queries, k if used == "dense" else _HYBRID_DEPTH)
+            ranked = self._dense(view, encoder, queries, k if used == "dense" else _HYBRID_DEPTH,
+                                 where)
             if used == "hybrid":
-                ranked = [self._fuse(q, dense, k) for q, dense in zip(queries, ranked, strict=True)]
+                ranked = [self._fuse(q, dense, k, where, fusion or self.fusion)
+                          for q, dense in zip(queries, ranked, strict=True)]
         took = (time.perf_counter() - start) * 1000 / max(len(queries), 1)
-        version = index.manifest["version"] if index is not None else None
+        version = view.index.manifest["version"] if view.index is not None else None
         return [
             SearchResult(self._hits(r, include_text, include_metadata), used, fallback, version,
                          round(took, 3))
             for r in ranked
         ]
 
-    def _plan(self, mode: str, model: str | None) -> tuple[DenseIndex | None, str | None, Encoder | None]:
-        """Decide what can serve this request: (index or None for lexical, fallback, encoder)."""
+    def _plan(self, view: live.LiveView, mode: str,
+              model: str | None) -> tuple[str, str | None, Encoder | None]:
+        """What answers this request: (mode used, fallback reason or None, encoder)."""
         if mode == "lexical":
-            return None, None, None
-        index = self.current_index()
-        if index is None:
+            return "lexical", None, None
+        encoder, missing = self._dense_side(view, mode, model)
+        if encoder is None:
+            return "lexical", missing, None
+        if mode == "auto":  # the best answer available: both sides when both can answer
+            return ("hybrid", None, encoder) if self._has_text() else ("dense", "no_text", encoder)
+        return mode, None, encoder
+
+    def _dense_side(self, view: live.LiveView, mode: str,
+                    model: str | None) -> tuple[Encoder | None, str | None]:
+        """The encoder when dense search can answer, else why not (raising for mode dense)."""
+        name = self.paths.name
+        model_id = view.index.model_id if view.index is not None else self.store.get_meta("model_id")
+        if model is not None and model_id is not None and model != model_id:
+            raise SearchConflict(f"collection '{name}' is indexed with model '{model_id}', not "
+                                 f"'{model}'; vector spaces of different models are never mixed")
+        if view.index is None and not len(view.fresh):
             if self.index_failed:
                 if mode == "dense":
                     raise SearchUnavailable(
-                        f"the index of '{self.paths.name}' cannot be loaded (see the server log and "
-                        f"`embedsvc index check {self.paths.name}`); use mode 'auto' or 'lexical'"
-                    )
-                return None, "index_unavailable", None
+                        f"the index of '{name}' cannot be loaded (see the server log and "
+                        f"`embedsvc index check {name}`); use mode 'auto' or 'lexical'")
+                return None, "index_unavailable"
             if mode == "dense":
                 raise SearchConflict(
-                    f"collection '{self.paths.name}' has no dense index yet: use mode 'lexical' "
-                    f"or 'auto', or build one with `embedsvc index build {self.paths.name}`"
-                )
-            return None, "no_index", None
-        if model is not None and model != index.model_id:
-            raise SearchConflict(
-                f"collection '{self.paths.name}' is indexed with model '{index.model_id}', not "
-                f"'{model}'; vector spaces of different models are never mixed"
-            )
-        encoder = self.encoders(index.model_id)
+                    f"collection '{name}' has no dense index yet: use mode 'lexical' or 'auto', "
+                    f"or build one with `embedsvc index build {name}` (documents written "
+                    "through the API are searchable densely once embedded)")
+            return None, "no_index"
+        encoder = self.encoders(model_id)
         if encoder is None:
             if mode == "dense":
-                raise SearchUnavailable(
-                    f"model '{index.model_id}' is not loaded yet; retry, or use mode 'auto'"
-                )
-            return None, "model_unavailable", None
-        return index, None, encoder
+                raise SearchUnavailable(f"model '{model_id}' is not loaded yet; retry, or use "
+                                        "mode 'auto'")
+            return None, "model_unavailable"
+        return encoder, None
 
-    def _dense(self, index: DenseIndex, encoder: Encoder, queries: Sequence[str],
-               k: int) -> list[list[Ranked]]:
-        """Top ``k`` documents per query, each scored by its best passage."""
+    def _has_text(self) -> bool:
+        """Whether lexical search has anything to search (not a collection of bare vectors)."""
+        return self.store.conn.execute("SELECT 1 FROM documents_fts_docsize LIMIT 1").fetchone() \
+            is not None
+
+    def _lexical(self, query: str, k: int, where: CompiledFilter | None) -> list[Ranked]:
+        return [(d, s, None) for d, s in search_lexical(self.store, query, k, where)]
+
+    def _dense(self, view: live.LiveView, encoder: Encoder, queries: Sequence[str], k: int,
+               where: CompiledFilter | None) -> list[list[Ranked]]:
+        """Top ``k`` documents per query over index and fresh segment, each by its best passage."""
         vectors = encoder.encode(list(queries))
-        if vectors.shape[1] != index.dim:
+        dim = view.index.dim if view.index is not None else view.fresh.vectors.shape[1]
+        if vectors.shape[1] != dim:
             raise SearchConflict(
                 f"model '{encoder.spec.model_id}' makes {vectors.shape[1]}-d vectors but the "
-                f"index holds {index.dim}-d ones; rebuild the index with this model"
-            )
-        scores, ids = index.search(vectors, index.passage_depth(k))
-        return [best_passage_per_document(row_s, row_i, k)
-                for row_s, row_i in zip(scores, ids, strict=True)]
+                f"index holds {dim}-d ones; rebuild the index with this model")
+        only = self._restriction(view, where)
+        per_doc = view.index.passages_per_document() if view.index is not None else 1.0
+        depth = max(1, min(only.candidates, int(np.ceil(k * per_doc * 2))))
+        while True:
+            scores, ids = self._passages(view, vectors, depth, only)
+            ranked = [best_passage_per_document(s, i, k) for s, i in zip(scores, ids, strict=True)]
+            if depth >= only.candidates or all(len(r) >= k for r in ranked):
+                return ranked
+            depth = min(only.candidates, depth * 4)
 
-    def _fuse(self, query: str, dense: list[Ranked], k: int) -> list[Ranked]:
-        lexical = search_lexical(self.store, query, _HYBRID_DEPTH)
+    def _passages(self, view: live.LiveView, vectors: np.ndarray, depth: int,
+                  only: _Restriction) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``depth`` passages (scores, vector ids) of index and fresh segment, merged."""
+        parts = []
+        if view.index is not None and not (only.index is not None and only.index.include
+                                           and not len(only.index.ids)):
+            parts.append(view.index.search(vectors, min(depth, view.index.count), only.index))
+        if len(view.fresh):
+            parts.append(view.fresh.search(vectors, depth, only.fresh))
+        if not parts:
+            return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
+        return merge_top(np.concatenate([p[0] for p in parts], axis=1),
+                         np.concatenate([p[1] for p in parts], axis=1), depth)
+
+    def _restriction(self, view: live.LiveView, where: CompiledFilter | None) -> _Restriction:
+        """The vectors dense search may return: all live ones, or those a filter matches."""
+        if where is None:
+            tombstones = IdFilter(view.tombstones, include=False) if len(view.tombstones) else None
+            return _Restriction(tombstones, None, view.live_vectors)
+        key = f"filter:{where.key}"
+        cached = view.cache.get(key)
+        if cached is None:
+            # one integer a passage: its vector id and whether the served index holds it
+            rows = np.fromiter((r[0] for r in self.store.conn.execute(
+                "SELECT p.id * 2 + p.indexed FROM passages p JOIN documents "
+                f"ON documents.rowid = p.doc WHERE ({where.sql})", where.params)), np.int64)
+            indexed = np.sort(rows[rows % 2 == 1] // 2)
+            fresh = np.isin(view.fresh.vids, rows[rows % 2 == 0] // 2)
+            cached = _Restriction(IdFilter(indexed, include=True), fresh,
+                                  len(indexed) + int(fresh.sum()))
+            if len(view.cache) >= _CACHED_FILTERS:
+                view.cache.clear()
+            view.cache[key] = cached
+        return cached
+
+    def _fuse(self, query: str, dense: list[Ranked], k: int, where: CompiledFilter | None,
+              fusion: Fusion) -> list[Ranked]:
+        lexical = search_lexical(self.store, query, _HYBRID_DEPTH, where)
         if not lexical:  # nothing lexical to add: dense alone
             return dense[:k]
         best_passage = {doc: vid for doc, _, vid in dense}
-        fused = rrf([[doc for doc, _, _ in dense], [doc for doc, _ in lexical]], limit=k)
+        fused = rrf([[doc for doc, _, _ in dense], [doc for doc, _ in lexical]], k=fusion.rrf_k,
+                    limit=k, weights=(fusion.dense_weight, fusion.lexical_weight))
         return [(doc, score, best_passage.get(doc)) for doc, score in fused]
 
     def _hits(self, ranked: list[Ranked], include_text: bool,
@@ -190,7 +311,7 @@ class Searcher:
         hits = []
         for doc, score, vid in ranked:
             row = rows.get(doc)
-            if row is None:  # deleted since the index was built
+            if row is None:  # deleted since the search began
                 continue
             passage = None
             start, end = spans.get(vid, (0, 0)) if vid is not None else (0, 0)

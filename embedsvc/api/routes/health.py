@@ -7,25 +7,27 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from embedsvc.api.deps import ServiceDep
+from embedsvc.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", operation_id="healthz")
-def healthz() -> dict[str, str]:
+@router.get("/healthz", operation_id="healthz", response_model=Health)
+def healthz() -> Health:
     """The process is up and answering."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz", operation_id="readyz")
+@router.get("/readyz", operation_id="readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "A model is loading or failed."}})
 def readyz(service: ServiceDep) -> JSONResponse:
     """200 when every model the collections need is loaded (search is never down: BM25
     answers meanwhile), 503 while one is still loading or has failed."""
     models = service.readiness()
     ready = all(state == "ready" for state in models.values())
-    body = {"status": "ready" if ready else "degraded", "models": models,
-            "collections": service.collections()}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    body = Readiness(status="ready" if ready else "degraded", models=models,
+                     collections=service.collections())
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
 @router.get("/metrics", operation_id="metrics", include_in_schema=False)

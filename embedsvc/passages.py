@@ -13,11 +13,16 @@ being served stays valid while a new build rewrites the passages.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from embedsvc.store import MAX_PASSAGES
 
 DEFAULT_OVERLAP = 32
+# split: overlapping passages cover the whole text; truncate: only the model's first window
+# is embedded (the protocol of MTEB / BEIR leaderboards, to compare with them)
+LongTexts = Literal["split", "truncate"]
 
 
 def windows(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:
@@ -50,3 +55,25 @@ def split_passages(tokenizer: Any, texts: list[str], max_tokens: int,
             raise ValueError(f"a text of {len(offsets)} tokens makes over {MAX_PASSAGES} passages")
         spans.append([(offsets[s][0], offsets[e - 1][1]) for s, e in ranges])
     return spans
+
+
+def embed_passages(encoder: Any, texts: list[str],
+                   long_texts: LongTexts = "split") -> tuple[list[list[tuple[int, int]]], np.ndarray]:
+    """Cut texts into passages and embed them: what a build's chunk and a live write share.
+
+    Args:
+        encoder: a loaded :class:`embedsvc.encoders.Encoder`.
+        texts: the documents' texts (``document_text`` of title and body).
+        long_texts: ``split`` or ``truncate`` (see :data:`LongTexts`).
+
+    Returns:
+        (per text, its passages' character spans; (passages, dim) float32 unit vectors in
+        text order).
+    """
+    special = encoder.tokenizer.num_special_tokens_to_add(pair=False)
+    spans = split_passages(encoder.tokenizer, texts, encoder.max_seq_length - special)
+    if long_texts == "truncate":  # the first window is all the model will see
+        spans = [doc_spans[:1] for doc_spans in spans]
+    passages = [text[start:end] for text, doc_spans in zip(texts, spans, strict=True)
+                for start, end in doc_spans]
+    return spans, encoder.encode(passages)

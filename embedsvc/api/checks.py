@@ -1,0 +1,83 @@
+"""The limits and rules a request body must meet beyond its schema, each refused with the
+status and a message naming the limit and the setting that changes it."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from embedsvc.api.errors import ApiError
+from embedsvc.api.schemas import DocumentIn, SearchRequest
+from embedsvc.search.filters import CompiledFilter, FilterError, compile_filter
+from embedsvc.search.searcher import Fusion
+from embedsvc.settings import Settings
+
+
+def search_limits(body: SearchRequest, settings: Settings) -> None:
+    if not body.query.strip():
+        raise ApiError(422, "invalid_request", "query: must contain text, not only whitespace")
+    if len(body.query) > settings.max_query_chars:
+        raise ApiError(422, "invalid_request",
+                       f"query: {len(body.query)} characters, the limit is "
+                       f"{settings.max_query_chars} (EMBEDSVC_MAX_QUERY_CHARS); shorten it")
+    if body.k > settings.max_k:
+        raise ApiError(422, "invalid_request",
+                       f"k: {body.k} is over the limit of {settings.max_k} (EMBEDSVC_MAX_K)")
+
+
+def fusion(body: SearchRequest, settings: Settings) -> Fusion:
+    """The request's fusion knobs, each defaulting to its setting."""
+    return Fusion(body.rrf_k or settings.rrf_k,
+                  settings.dense_weight if body.dense_weight is None else body.dense_weight,
+                  settings.lexical_weight if body.lexical_weight is None else body.lexical_weight)
+
+
+def metadata_filter(raw: dict[str, Any] | None, settings: Settings) -> CompiledFilter | None:
+    if raw is None:
+        return None
+    try:
+        return compile_filter(raw, settings.max_filter_depth, settings.max_filter_conditions)
+    except FilterError as exc:
+        raise ApiError(422, "invalid_filter", str(exc)) from exc
+
+
+def batch_size(count: int, what: str, settings: Settings) -> None:
+    if count > settings.max_batch_documents:
+        raise ApiError(413, "too_large",
+                       f"{what}: {count} in one call, the limit is {settings.max_batch_documents} "
+                       "(EMBEDSVC_MAX_BATCH_DOCUMENTS); send smaller batches")
+
+
+def documents(docs: Sequence[DocumentIn], settings: Settings) -> None:
+    """Distinct ids, some text, finite numbers, and each document under the size limit."""
+    batch_size(len(docs), "documents", settings)
+    seen: dict[str, int] = {}
+    for i, doc in enumerate(docs):
+        where = f"documents[{i}] ('{doc.id[:80]}')"
+        if doc.id in seen:
+            raise ApiError(422, "invalid_request", f"{where}: the id is also documents[{seen[doc.id]}];"
+                                                   " send each id once per call")
+        seen[doc.id] = i
+        if not doc.title.strip() and not doc.text.strip():
+            raise ApiError(422, "invalid_request", f"{where}: has no text (title and text empty)")
+        if not _finite(doc.metadata):
+            raise ApiError(422, "invalid_request", f"{where}: metadata holds NaN or Infinity, "
+                                                   "which JSON cannot store; send finite numbers")
+        size = (len(doc.title.encode()) + len(doc.text.encode())
+                + len(json.dumps(doc.metadata).encode()))
+        if size > settings.max_document_bytes:
+            raise ApiError(413, "too_large",
+                           f"{where}: {size} bytes, the limit is {settings.max_document_bytes} "
+                           "(EMBEDSVC_MAX_DOCUMENT_BYTES); split it into several documents")
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True

@@ -1,0 +1,163 @@
+"""The background work of one server process: leases, the embedder, jobs.
+
+Every server process runs one :class:`LiveWorker` with three threads. One keeps the writer
+lease of every collection it can get (renewing it three times per lease period). The
+others work only for the collections whose lease this process holds: one embeds pending
+documents as soon as a write wakes it (or a poll finds work written by another process),
+one runs queued jobs and queues a compaction when the fresh segment or the deleted share of
+the index passes its setting. Searches never wait for any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from embedsvc.collection import CollectionError
+from embedsvc.live import jobs
+from embedsvc.live.embedder import embed_pending
+from embedsvc.live.lease import process_identity, release, try_acquire
+from embedsvc.settings import Settings
+from embedsvc.store import Store
+
+log = logging.getLogger(__name__)
+
+# Seconds between looks at the database for work another process queued.
+_POLL = 0.25
+
+
+class LiveWorker:
+    def __init__(self, settings: Settings, stores: Callable[[], dict[str, Store]],
+                 encoders: Callable[[str], Any]):
+        """
+        Args:
+            settings: the server's settings.
+            stores: the collections now on disk, by name.
+            encoders: model id → loaded encoder, or None while it loads (never blocks).
+        """
+        self.settings = settings
+        self.stores = stores
+        self.encoders = encoders
+        self.identity = process_identity()
+        self._led: set[str] = set()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for name, target in (("leases", self._keep_leases), ("embedder", self._embed_loop),
+                             ("jobs", self._job_loop)):
+            thread = threading.Thread(target=target, name=f"embedsvc-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop the threads and hand the leases over at once (no wait for them to expire)."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        stores = self.stores()
+        for name in list(self._led):
+            if name in stores:
+                self._quietly(name, release, stores[name], self.identity)
+        self._led.clear()
+
+    def wake(self) -> None:
+        """A document was written: embed it now rather than at the next poll."""
+        self._wake.set()
+
+    def leads(self, name: str) -> bool:
+        return name in self._led
+
+    # --- the threads -----------------------------------------------------------------------
+    def _keep_leases(self) -> None:
+        period = self.settings.lease_seconds / 3
+        while not self._stop.is_set():
+            led = set()
+            for name, store in self.stores().items():
+                if self._quietly(name, try_acquire, store, self.identity, self.settings.lease_seconds):
+                    if name not in self._led:
+                        log.info("%s: this process (%s) now leads its writes", name, self.identity)
+                        self._wake.set()
+                    led.add(name)
+            self._led = led  # swapped whole: the other threads iterate the set they read
+            self._stop.wait(period)
+
+    def _embed_loop(self) -> None:
+        while not self._stop.is_set():
+            stores = self.stores()
+            worked = False
+            for name in list(self._led):
+                if name in stores:
+                    worked |= bool(self._quietly(name, self._embed, stores[name]))
+            if not worked:
+                self._wake.wait(_POLL)
+                self._wake.clear()
+
+    def _embed(self, store: Store) -> int:
+        if store.conn.execute("SELECT 1 FROM pending LIMIT 1").fetchone() is None:
+            return 0
+        encoder = self.encoders(store.get_meta("model_id") or "")
+        if encoder is None:
+            return 0  # the model is loading; the documents wait, lexical search has them
+        return embed_pending(store, encoder, store.get_meta("long_texts") or "split",
+                             self.settings.embed_batch_documents)
+
+    def _job_loop(self) -> None:
+        while not self._stop.is_set():
+            stores = self.stores()
+            for name in list(self._led):
+                if name in stores:
+                    self._quietly(name, self._maybe_compact, name, stores[name])
+                    self._quietly(name, self._run_jobs, name, stores[name])
+            self._stop.wait(_POLL * 2)
+
+    def _maybe_compact(self, name: str, store: Store) -> None:
+        """Queue a compaction when the fresh segment or the deleted share is past its setting."""
+        fresh = store.conn.execute("SELECT count(*) FROM passages WHERE indexed = 0 AND vector "
+                                   "IS NOT NULL").fetchone()[0]
+        dead = store.conn.execute("SELECT count(*) FROM tombstones").fetchone()[0]
+        indexed = store.conn.execute("SELECT count(*) FROM passages WHERE indexed = 1").fetchone()[0]
+        if fresh >= self.settings.compact_fresh_vectors or \
+                (dead and dead >= self.settings.compact_deleted_ratio * (indexed + dead)):
+            job = jobs.submit(store, name, "compact")
+            if job.state == jobs.QUEUED and job.attempts == 0:
+                log.info("%s: %d fresh vectors, %d deleted: compaction %s queued", name, fresh,
+                         dead, job.id)
+
+    def _run_jobs(self, name: str, store: Store) -> None:
+        job = jobs.claim(store, name, self.identity)
+        if job is not None:
+            run_job(job, store, self.settings)
+
+    def _quietly(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one collection's step; a failure is logged and never stops the thread."""
+        try:
+            return fn(*args)
+        except CollectionError:
+            return None  # deleted meanwhile
+        except Exception:  # noqa: BLE001 - one collection's trouble must not stop the others
+            log.exception("%s: background work failed", name)
+            return None
+
+
+def run_job(job: jobs.Job, store: Store, settings: Settings) -> jobs.Job:
+    """Run a claimed job to its end, recording its progress, result or error."""
+    from embedsvc.collection import collection_paths
+    from indexing.compact import compact
+    from indexing.errors import BuildError
+
+    paths = collection_paths(settings.collections_dir, job.collection)
+    try:
+        result = compact(paths, store, lambda phase, done: jobs.report(store, job.id, phase, done))
+    except (BuildError, CollectionError, ValueError) as exc:
+        jobs.fail(store, job.id, str(exc))
+    except Exception as exc:  # noqa: BLE001 - recorded on the job for the user, logged for us
+        log.exception("%s: job %s failed", job.collection, job.id)
+        jobs.fail(store, job.id, f"{type(exc).__name__}: {exc}")
+    else:
+        jobs.finish(store, job.id, result)
+    return jobs.get(store, job.collection, job.id) or job

@@ -1,0 +1,202 @@
+"""Compaction: fold the fresh segment and the tombstones into a new immutable version.
+
+Nothing is embedded: the fresh vectors are read from SQLite and the served version's
+vectors from its index and its store (:mod:`indexing.vectorstore`). The layout is chosen
+as ``index build`` chooses it, with the options the collection was built with; while that
+choice stays the served version's layout, the served index is copied and updated in place
+(tombstones removed, fresh vectors added, ``nprobe`` retuned), otherwise the new layout is
+trained on the store. The new version is switched in atomically.
+
+Writes go on during a compaction. It works from a snapshot taken in one read transaction
+(the write number ``seq``), and its switch, in one write transaction, settles what
+happened since: fresh vectors written again after the snapshot stay fresh, and the copies
+the new version holds of them become its tombstones; tombstones made after the snapshot
+stay. A compaction that dies, or finds another version switched in meanwhile, leaves the
+served state as it was; running it again starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from embedsvc.collection import CollectionPaths, read_manifest
+from embedsvc.search.fresh import state_numbers
+from embedsvc.store import Store
+from indexing.build import build_index, update_index, working_bytes
+from indexing.errors import BuildError
+from indexing.job import build_lock
+from indexing.layouts import choose_layout
+from indexing.vectorstore import Segment, carry_over, segments, write_segment
+from indexing.versions import prune_versions, write_version
+
+log = logging.getLogger(__name__)
+
+# Layouts whose index a compaction can update in place (FAISS removes ids from them).
+_UPDATABLE = ("flat", "ivf", "ivfsq", "ivfpq")
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class Snapshot:
+    """The collection as one read transaction saw it."""
+
+    version: int | None
+    manifest: dict[str, Any] | None
+    seq: int
+    model_id: str | None
+    documents: int
+    layout: dict[str, Any]
+    tombstones: np.ndarray  # vector ids of ``version`` to drop
+    fresh_ids: np.ndarray
+    fresh_seqs: np.ndarray
+    fresh_vectors: np.ndarray
+
+    @property
+    def live_count(self) -> int:
+        base = int(self.manifest["count"]) - len(self.tombstones) if self.manifest else 0
+        return base + len(self.fresh_ids)
+
+
+def take_snapshot(paths: CollectionPaths, store: Store) -> Snapshot:
+    with store.read() as conn:
+        version, seq, _ = state_numbers(conn)
+        tombstones = np.fromiter((r[0] for r in conn.execute("SELECT vid FROM tombstones")), np.int64)
+        rows = conn.execute("SELECT id, seq, vector FROM passages WHERE indexed = 0 AND vector "
+                            "IS NOT NULL ORDER BY id").fetchall()
+        documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+        model_id, layout = store.get_meta("model_id"), store.get_meta("layout") or {}
+    vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").astype(np.float32)
+    return Snapshot(
+        version, read_manifest(paths, version) if version is not None else None, seq, model_id,
+        documents, layout, np.sort(tombstones), np.array([r[0] for r in rows], np.int64),
+        np.array([r[1] for r in rows], np.int64), vectors.reshape(len(rows), -1))
+
+
+def compact(paths: CollectionPaths, store: Store, progress: Progress | None = None) -> dict[str, Any]:
+    """Fold the fresh segment and tombstones into a new version and serve it.
+
+    Returns:
+        ``status`` (``compacted`` or ``nothing_to_do``), ``version``, ``folded`` (fresh
+        vectors), ``dropped`` (tombstones), ``seconds`` and the layout.
+
+    Raises:
+        BuildError: a build is running, the collection has no model, the served version
+            changed meanwhile, or the served version predates vector stores and its layout
+            must change (rebuild it once).
+    """
+    report = progress or (lambda phase, done: None)
+    started = time.perf_counter()
+    with build_lock(paths):
+        report("snapshot", 0.05)
+        snap = take_snapshot(paths, store)
+        if not len(snap.tombstones) and not len(snap.fresh_ids):
+            return {"status": "nothing_to_do", "version": snap.version}
+        if snap.model_id is None:
+            raise BuildError(f"collection '{paths.name}' has no model: nothing to compact")
+        number = None
+        if snap.live_count:
+            report("index", 0.1)
+            number = write_version(paths, lambda folder: _fill(folder, paths, snap),
+                                   _manifest(snap))
+        report("switch", 0.9)
+        try:
+            fold(store, snap, number)
+        except BaseException:
+            if number is not None:
+                shutil.rmtree(paths.version_dir(number), ignore_errors=True)
+            raise
+        prune_versions(paths, number, int(snap.layout.get("keep_versions") or 2))
+    seconds = time.perf_counter() - started
+    manifest = read_manifest(paths, number) if number is not None else {}
+    log.info("%s: compacted into version %s (%d fresh vectors folded, %d tombstones dropped) "
+             "in %.2fs", paths.name, number, len(snap.fresh_ids), len(snap.tombstones), seconds)
+    return {"status": "compacted", "version": number, "folded": len(snap.fresh_ids),
+            "dropped": len(snap.tombstones), "seconds": round(seconds, 3),
+            "layout": manifest.get("layout"), "count": manifest.get("count", 0)}
+
+
+def _manifest(snap: Snapshot) -> dict[str, Any]:
+    parent = snap.manifest or {}
+    kept = {key: parent[key] for key in ("weights_sha256", "fingerprint", "input", "long_texts",
+                                         "max_seq_length", "embedsvc_version") if key in parent}
+    return {**kept, "model_id": snap.model_id, "compacted_from": snap.version, "seq": snap.seq,
+            "documents": snap.documents, "build_id": None}
+
+
+def _fill(folder: Path, paths: CollectionPaths, snap: Snapshot) -> dict[str, Any]:
+    """Write the new version's shards and store into ``folder``; its manifest fields."""
+    dim = int(snap.manifest["dim"]) if snap.manifest else snap.fresh_vectors.shape[1]
+    parent = paths.version_dir(snap.version) if snap.version is not None else None
+    parent_store = segments(parent, snap.manifest) if parent is not None else []
+    store: list[Segment] | None = None
+    if parent_store is not None:
+        store = carry_over(parent_store, folder, snap.tombstones)
+        if len(snap.fresh_ids):
+            store.append(write_segment(folder, f"fresh-{snap.seq:012d}", snap.fresh_ids,
+                                       snap.fresh_vectors))
+    options = snap.layout
+    choice = choose_layout(snap.live_count, dim, options.get("memory_budget"),
+                           options.get("index") or "auto", options.get("target_recall") or 0.95,
+                           working_bytes=working_bytes(dim))
+    if snap.manifest and choice.factory == snap.manifest["layout"] and \
+            snap.manifest.get("kind") in _UPDATABLE:
+        assert parent is not None
+        base = [faiss.read_index(str(parent / shard["file"])) for shard in snap.manifest["shards"]]
+        tune = store if store is not None and choice.kind != "flat" else None
+        fields = update_index(base, snap.manifest, choice, folder, remove=snap.tombstones,
+                              add_ids=snap.fresh_ids, add_vectors=snap.fresh_vectors,
+                              chunks=tune, target_recall=options.get("target_recall") or 0.95)
+    elif store is None:
+        raise BuildError(
+            f"version {snap.version} of '{paths.name}' was built before versions kept their "
+            f"vectors, and its layout must change ({snap.manifest['layout'] if snap.manifest else '-'}"
+            f" → {choice.factory}): rebuild it once with `embedsvc index build {paths.name}`")
+    else:
+        fields = build_index(store, dim, folder, index=options.get("index") or "auto",
+                             memory_budget=options.get("memory_budget"),
+                             target_recall=options.get("target_recall") or 0.95,
+                             shards=options.get("shards"))
+    return {**fields, "store": [s.describe() for s in store] if store is not None else None}
+
+
+def fold(store: Store, snap: Snapshot, number: int | None) -> None:
+    """Switch to the compacted version and settle the writes made since the snapshot."""
+    with store.write() as conn:
+        served, _, _ = state_numbers(conn)
+        if served != snap.version:
+            raise BuildError(f"the served version changed from {snap.version} to {served} while "
+                             "compacting (a build switched in); nothing was changed")
+        seq = store.next_seq(conn)
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS folded (vid INTEGER PRIMARY KEY, seq INTEGER)")
+        conn.execute("DELETE FROM temp.folded")
+        conn.executemany("INSERT INTO temp.folded(vid, seq) VALUES (?, ?)",
+                         zip(snap.fresh_ids.tolist(), snap.fresh_seqs.tolist(), strict=True))
+        conn.execute("UPDATE passages SET indexed = 1 WHERE indexed = 0 AND EXISTS (SELECT 1 FROM "
+                     "temp.folded f WHERE f.vid = passages.id AND f.seq = passages.seq)")
+        conn.execute("DELETE FROM tombstones WHERE seq <= ?", (snap.seq,))
+        # folded vectors whose passage was written again since: the new version's tombstones
+        conn.execute("INSERT OR REPLACE INTO tombstones(vid, seq) SELECT f.vid, ? FROM temp.folded f "
+                     "WHERE NOT EXISTS (SELECT 1 FROM passages p WHERE p.id = f.vid AND "
+                     "p.seq = f.seq AND p.indexed = 1)", (seq,))
+        floor = _changes_floor(conn, store.get_meta("compacted_seq", 0))
+        conn.execute("DELETE FROM changes WHERE seq <= ?", (floor,))
+        store.set_meta(conn, current_version=number, compacted_seq=snap.seq, changes_floor=floor,
+                       compacted_at=time.time())
+        conn.execute("INSERT INTO changes(seq, doc, id, op) VALUES (?, 0, ?, 'compact')",
+                     (seq, str(number)))
+
+
+def _changes_floor(conn: Any, previous: int) -> int:
+    """Write numbers up to this one can leave the change log: one compaction's worth is kept,
+    and whatever a staged build still checks its documents against."""
+    staged = conn.execute("SELECT min(seen_seq) FROM staged_documents").fetchone()[0]
+    return min(previous, staged) if staged is not None else previous
