@@ -17,6 +17,7 @@ import typer
 from rich.logging import RichHandler
 from rich.table import Table
 
+from embedsvc.cli_collections import collections_app
 from embedsvc.cli_common import console, err_console, fail, settings_of, user_errors
 from embedsvc.cli_index import index_app
 from embedsvc.cli_pipeline import pipeline_app
@@ -25,6 +26,7 @@ from embedsvc.settings import Settings, use_settings
 app = typer.Typer(help="Embeddings and vector search: index, serve, search, evaluate.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 app.add_typer(index_app, name="index")
+app.add_typer(collections_app, name="collections")
 app.add_typer(pipeline_app, name="pipeline")
 
 
@@ -56,15 +58,28 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Bind address (EMBEDSVC_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (EMBEDSVC_PORT).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Server processes sharing the home folder (EMBEDSVC_WORKERS).")] = None,
 ) -> None:
     """Serve the HTTP API (docs at /docs)."""
+    import os
+
     import uvicorn
 
     from embedsvc.api.app import create_app
+    from embedsvc.settings import environment_of
 
     settings = settings_of(ctx)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                log_level=settings.log_level.lower())
+    if workers is not None:
+        settings = use_settings(settings.model_copy(update={"workers": workers}))
+    where = {"host": host or settings.host, "port": port or settings.port,
+             "log_level": settings.log_level.lower()}
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **where)
+        return
+    # each worker process builds its app from the environment: hand the settings over
+    os.environ.update(environment_of(settings))
+    uvicorn.run("embedsvc.api.app:create_app", factory=True, workers=settings.workers, **where)
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -75,12 +90,15 @@ def search(
     query: str,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Results to return.")] = 10,
     mode: Annotated[ModeChoice, typer.Option(help="auto, dense, lexical or hybrid.")] = ModeChoice.auto,
+    filter: Annotated[str | None, typer.Option(
+        "--filter", help='Metadata filter as JSON, e.g. \'{"year": {"$gte": 2015}}\'.')] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's response shape.")] = False,
     url: Annotated[str | None, typer.Option(help="Ask a running server instead of the home folder.")] = None,
 ) -> None:
     """Search a collection, in this process or through a server (--url)."""
-    data = _search_remote(url, collection, query, k, mode.value) if url else \
-        _search_local(settings_of(ctx), collection, query, k, mode.value)
+    where = _parse_json_option("--filter", filter)
+    data = _search_remote(url, collection, query, k, mode.value, where) if url else \
+        _search_local(settings_of(ctx), collection, query, k, mode.value, where)
     if as_json:
         console.print_json(json.dumps(data))
         return
@@ -93,26 +111,43 @@ def search(
     console.print(table)
 
 
-def _search_local(settings: Settings, collection: str, query: str, k: int, mode: str) -> dict:
+def _parse_json_option(name: str, value: str | None) -> dict | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise fail(f"{name}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(parsed, dict):
+        raise fail(f"{name}: give a JSON object such as '{{\"year\": 2020}}'")
+    return parsed
+
+
+def _search_local(settings: Settings, collection: str, query: str, k: int, mode: str,
+                  where: dict | None) -> dict:
     from dataclasses import asdict
 
+    from embedsvc.search.filters import compile_filter
     from embedsvc.service import local_searcher
 
     with user_errors():
-        result = local_searcher(settings, collection).search(query, k, mode)
+        compiled = compile_filter(where, settings.max_filter_depth,
+                                  settings.max_filter_conditions) if where else None
+        result = local_searcher(settings, collection).search(query, k, mode, where=compiled)
     return {"collection": collection, "mode": result.mode, "fallback": result.fallback,
             "index_version": result.index_version, "took_ms": result.took_ms,
             "hits": [asdict(h) for h in result.hits]}
 
 
-def _search_remote(url: str, collection: str, query: str, k: int, mode: str) -> dict:
+def _search_remote(url: str, collection: str, query: str, k: int, mode: str,
+                   where: dict | None) -> dict:
     from dataclasses import asdict
 
     from embedsvc.client import Client, EmbedsvcError
 
     try:
         with Client(url) as client:
-            return asdict(client.search(collection, query, k=k, mode=mode))
+            return asdict(client.search(collection, query, k=k, mode=mode, filter=where))
     except EmbedsvcError as exc:
         raise fail(exc.message) from exc
 

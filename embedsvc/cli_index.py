@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from embedsvc.cli_common import console, err_console, settings_of, user_errors
+from embedsvc.cli_common import console, err_console, fail, settings_of, user_errors
 
 index_app = typer.Typer(help="Build and inspect a collection's indexes.", no_args_is_help=True)
 
@@ -112,6 +112,49 @@ def index_info(
     if manifest:
         table.add_row("shards", str(len(manifest["shards"])))
     console.print(table)
+
+
+@index_app.command("compact")
+def index_compact(ctx: typer.Context, collection: str) -> None:
+    """Fold the fresh segment and deleted vectors into a new version (no re-embedding).
+
+    Runs here when no server leads the collection; otherwise the server runs it and this
+    waits for it, showing its progress.
+    """
+    import time
+
+    from embedsvc.collection import open_store
+    from embedsvc.live import jobs
+    from embedsvc.live.lease import process_identity, release, try_acquire
+    from embedsvc.live.worker import run_job
+
+    settings = settings_of(ctx)
+    with user_errors():
+        _, store = open_store(settings.collections_dir, collection)
+        job = jobs.submit(store, collection, "compact")
+        me = process_identity()
+        if try_acquire(store, me, settings.lease_seconds):
+            try:
+                claimed = jobs.claim(store, collection, me)
+                job = run_job(claimed, store, settings) if claimed else job
+            finally:
+                release(store, me)
+        with err_console.status(f"compaction {job.id} runs on the server leading {collection}") as status:
+            while job.state not in (jobs.DONE, jobs.FAILED):
+                time.sleep(0.2)
+                job = jobs.get(store, collection, job.id) or job
+                status.update(f"compaction {job.id}: {job.phase or job.state} "
+                              f"({job.progress:.0%})")
+    if job.state == jobs.FAILED:
+        raise fail(f"compaction failed: {job.error}")
+    result = job.result
+    if result.get("status") == "nothing_to_do":
+        console.print(f"[green]{collection}[/]: nothing to compact (no fresh or deleted vectors)")
+        return
+    console.print(f"[green]compacted {collection}[/] into version {result.get('version')}: "
+                  f"{result.get('folded', 0)} fresh vectors folded in, {result.get('dropped', 0)} "
+                  f"deleted ones dropped, {result.get('count', 0)} vectors ({result.get('layout')}) "
+                  f"in {result.get('seconds', 0):.2f}s")
 
 
 @index_app.command("check")

@@ -97,13 +97,19 @@ class Service:
                 continue  # deleted since it was listed
         return out
 
-    def create(self, name: str, model: str | None, indexed_fields: Sequence[str]) -> dict[str, Any]:
-        """A new empty collection; ``model`` is checked and resolved before anything is made."""
+    def create(self, name: str, model: str | None, indexed_fields: Sequence[str],
+               load_model: bool = True) -> dict[str, Any]:
+        """A new empty collection; ``model`` is checked and resolved before anything is made.
+
+        ``load_model`` starts loading the model at once (a server: documents are on their way).
+        """
         from embedsvc.encoders import resolve_model
 
         spec = resolve_model(model or self.settings.default_model, self.settings.models_dir)
-        create_collection(self.settings.collections_dir, name, spec.model_id, indexed_fields)
-        self.models.get(spec.model_id)  # start loading: the first documents are on their way
+        create_collection(self.settings.collections_dir, name, spec.model_id, indexed_fields,
+                          spec.weights_sha256)
+        if load_model:
+            self.models.get(spec.model_id)
         return self.describe(name)
 
     def delete(self, name: str) -> None:

@@ -87,3 +87,10 @@ def use_settings(settings: Settings) -> Settings:
     global _current
     _current = settings
     return settings
+
+
+def environment_of(settings: Settings) -> dict[str, str]:
+    """The ``EMBEDSVC_*`` variables that make :class:`Settings` equal to ``settings`` in a
+    child process (the server's workers read their settings from the environment)."""
+    return {f"EMBEDSVC_{name.upper()}": str(value)
+            for name, value in settings.model_dump(exclude_unset=True).items()}

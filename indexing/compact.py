@@ -53,6 +53,7 @@ class Snapshot:
     manifest: dict[str, Any] | None
     seq: int
     model_id: str | None
+    weights_sha256: str | None
     documents: int
     layout: dict[str, Any]
     tombstones: np.ndarray  # vector ids of ``version`` to drop
@@ -74,11 +75,13 @@ def take_snapshot(paths: CollectionPaths, store: Store) -> Snapshot:
                             "IS NOT NULL ORDER BY id").fetchall()
         documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
         model_id, layout = store.get_meta("model_id"), store.get_meta("layout") or {}
+        weights = store.get_meta("weights_sha256")
     vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").astype(np.float32)
+    vectors = vectors.reshape(len(rows), -1) if rows else np.empty((0, 0), np.float32)
     return Snapshot(
         version, read_manifest(paths, version) if version is not None else None, seq, model_id,
-        documents, layout, np.sort(tombstones), np.array([r[0] for r in rows], np.int64),
-        np.array([r[1] for r in rows], np.int64), vectors.reshape(len(rows), -1))
+        weights, documents, layout, np.sort(tombstones), np.array([r[0] for r in rows], np.int64),
+        np.array([r[1] for r in rows], np.int64), vectors)
 
 
 def compact(paths: CollectionPaths, store: Store, progress: Progress | None = None) -> dict[str, Any]:
@@ -128,8 +131,9 @@ def _manifest(snap: Snapshot) -> dict[str, Any]:
     parent = snap.manifest or {}
     kept = {key: parent[key] for key in ("weights_sha256", "fingerprint", "input", "long_texts",
                                          "max_seq_length", "embedsvc_version") if key in parent}
-    return {**kept, "model_id": snap.model_id, "compacted_from": snap.version, "seq": snap.seq,
-            "documents": snap.documents, "build_id": None}
+    return {"weights_sha256": snap.weights_sha256, **kept, "model_id": snap.model_id,
+            "compacted_from": snap.version, "seq": snap.seq, "documents": snap.documents,
+            "build_id": None}
 
 
 def _fill(folder: Path, paths: CollectionPaths, snap: Snapshot) -> dict[str, Any]:

@@ -435,7 +435,8 @@ class BuildJob:
         if o.switch:
             ids = np.concatenate([chunk.load()[0] for chunk in chunks])
             switch_version(self.store, number, self.spec.model_id, build=build_id,
-                           started_seq=started_seq, version_ids=ids)
+                           started_seq=started_seq, version_ids=ids,
+                           weights_sha256=self.spec.weights_sha256)
             self.store.set_meta(layout=self.layout_options(), long_texts=o.long_texts)
             prune_versions(self.paths, number, o.keep_versions)
         report.version = number

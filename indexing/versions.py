@@ -54,7 +54,8 @@ def write_version(
 
 def switch_version(store: Store, number: int | None, model_id: str | None,
                    build: str | None = None, started_seq: int = 0,
-                   version_ids: np.ndarray | None = None) -> None:
+                   version_ids: np.ndarray | None = None,
+                   weights_sha256: str | None = None) -> None:
     """Serve version ``number`` (None: lexical only) and, for a build, its documents: one
     transaction, so readers see the old collection or the new one, never a mix.
 
@@ -74,6 +75,7 @@ def switch_version(store: Store, number: int | None, model_id: str | None,
         started_seq: the write number when the build began (first builds, which do not stage).
         version_ids: every vector id of the version (first builds: to find the documents the
             API rewrote while the build wrote them).
+        weights_sha256: the model's weights, recorded for versions compacted from this one.
     """
     with store.write() as conn:
         seq = store.next_seq(conn)
@@ -107,7 +109,8 @@ def switch_version(store: Store, number: int | None, model_id: str | None,
         conn.executemany("INSERT OR REPLACE INTO tombstones(vid, seq) VALUES (?, ?)",
                          [(vid, seq) for vid in stale])
         done = {"incomplete_build": None} if store.get_meta("incomplete_build") == build else {}
-        store.set_meta(conn, current_version=number, model_id=model_id, **done)
+        store.set_meta(conn, current_version=number, model_id=model_id,
+                       weights_sha256=weights_sha256, **done)
         conn.execute("INSERT INTO changes(seq, doc, id, op) VALUES (?, 0, ?, 'switch')",
                      (seq, build or str(number)))
     log.info("switched to %s", f"index version {number}" if number else "lexical only")

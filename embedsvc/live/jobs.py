@@ -102,5 +102,6 @@ def fail(store: Store, job_id: str, error: str) -> None:
 def _end(store: Store, job_id: str, state: str, error: str | None, result: dict[str, Any]) -> None:
     with store.write() as conn:
         conn.execute("UPDATE jobs SET state = ?, error = ?, result = ?, finished_at = ?, "
-                     "progress = CASE WHEN ? = 'done' THEN 1 ELSE progress END WHERE id = ?",
-                     (state, error, json.dumps(result), time.time(), state, job_id))
+                     "progress = CASE WHEN ? = 'done' THEN 1 ELSE progress END, "
+                     "phase = CASE WHEN ? = 'done' THEN 'done' ELSE phase END WHERE id = ?",
+                     (state, error, json.dumps(result), time.time(), state, state, job_id))

@@ -130,7 +130,7 @@ def deploy(ctx: StageContext, params: dict[str, Any]) -> dict[str, Any]:
     elif current is None or candidate[metric] > current[metric] + min_gain:
         manifest = read_manifest(served.paths, candidate_version)
         switch_version(served.store, candidate_version, manifest["model_id"],
-                       build=manifest.get("build_id"))
+                       build=manifest.get("build_id"), weights_sha256=manifest.get("weights_sha256"))
         prune_versions(served.paths, candidate_version, int(params.get("keep_versions", 2)))
         deployed = True
         reason = (f"{metric} {candidate[metric]:.4f} beats the served "
