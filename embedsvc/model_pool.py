@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from embedsvc.encoders import Encoder, ModelError, load_encoder
 from embedsvc.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# A model that failed to load is tried again after this many seconds (its folder may have
+# been restored), not on every request that asks for it.
+RETRY_SECONDS = 5.0
 
 
 @dataclass
@@ -23,6 +28,10 @@ class _Slot:
     encoder: Encoder | None = None
     error: str | None = None
     done: threading.Event | None = None
+    failed_at: float = 0.0
+
+    def retry_due(self) -> bool:
+        return self.state == "failed" and time.monotonic() - self.failed_at >= RETRY_SECONDS
 
 
 class ModelPool:
@@ -34,7 +43,7 @@ class ModelPool:
     def _start(self, name: str) -> _Slot:
         with self._lock:
             slot = self._slots.get(name)
-            if slot is not None and slot.state != "failed":
+            if slot is not None and not slot.retry_due():
                 return slot
             slot = _Slot(done=threading.Event())
             self._slots[name] = slot
@@ -56,13 +65,14 @@ class ModelPool:
             slot.state, slot.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("model %s failed to load", name)
         finally:
+            slot.failed_at = time.monotonic()
             assert slot.done is not None
             slot.done.set()
 
     def get(self, name: str) -> Encoder | None:
         """The encoder if loaded; otherwise start loading it and return None."""
         slot = self._slots.get(name)
-        if slot is None or slot.state == "failed":
+        if slot is None or slot.retry_due():
             slot = self._start(name)
         return slot.encoder if slot.state == "ready" else None
 

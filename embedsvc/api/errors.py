@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedsvc.collection import CollectionBusy, CollectionError, CollectionExists, CollectionNotFound
 from embedsvc.encoders import ModelError
+from embedsvc.search.filters import FilterError
 from embedsvc.search.searcher import SearchConflict, SearchUnavailable
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 
 _DOMAIN = [
     (CollectionNotFound, 404, "not_found"),
+    (FilterError, 422, "invalid_request"),
     (CollectionExists, 409, "exists"),
     (CollectionBusy, 409, "busy"),
     (CollectionError, 400, "bad_request"),
