@@ -2,8 +2,9 @@
 
 Checks what a crash, a bad copy or a hand edit could break: the shard files against the
 checksums in the manifest, their vector counts and dimension, the model the index was
-built with against the collection's and the one installed now, and every vector id
-against the passages in SQLite (both ways). Each problem is a sentence saying what is
+built with against the collection's and the one installed now, every vector id against
+the passages SQLite marks as indexed and the tombstones (both ways), and that every
+document has vectors or is queued to be embedded. Each problem is a sentence saying what is
 wrong and what to do.
 """
 
@@ -32,15 +33,17 @@ def index_ids(index: faiss.Index) -> np.ndarray:
 
 
 def check_collection(paths: CollectionPaths, store: Store, models_dir: Path) -> list[str]:
-    """Problems found in the collection's current version; empty when all agree."""
+    """Problems found in the collection's current version and its live state; empty when
+    all agree."""
+    problems = _check_live(store)
     version = store.get_meta("current_version")
     if version is None:
-        return []  # lexical only: nothing dense to disagree
+        return problems  # nothing dense to disagree with
     try:
         manifest = read_manifest(paths, version)
     except Exception as exc:  # noqa: BLE001 - any unreadable manifest is the finding
-        return [f"version {version}: manifest unreadable ({exc}); {REBUILD}"]
-    problems = _check_model(manifest, store, models_dir)
+        return problems + [f"version {version}: manifest unreadable ({exc}); {REBUILD}"]
+    problems += _check_model(manifest, store, models_dir)
     ids: list[np.ndarray] = []
     for shard in manifest["shards"]:
         path = paths.version_dir(version) / shard["file"]
@@ -61,9 +64,10 @@ def _check_model(manifest: dict, store: Store, models_dir: Path) -> list[str]:
         spec = resolve_model(manifest["model_id"], models_dir)
     except ModelError as exc:
         return problems + [f"the index's model cannot be found: {exc}"]
-    if spec.weights_sha256 != manifest["weights_sha256"]:
+    recorded = manifest.get("weights_sha256") or "unknown"
+    if spec.weights_sha256 != recorded:
         problems.append(f"model '{spec.model_id}' now has weights {spec.weights_sha256[:12]}…, the "
-                        f"index was built with {manifest['weights_sha256'][:12]}…; {REBUILD}")
+                        f"index was built with {recorded[:12]}…; {REBUILD}")
     return problems
 
 
@@ -74,17 +78,47 @@ def _check_shard(path: Path, meta: dict, dim: int) -> tuple[list[str], np.ndarra
         return [str(exc)], np.zeros(0, dtype=np.int64)
 
 
+def _ids(store: Store, sql: str) -> np.ndarray:
+    return np.fromiter((r[0] for r in store.conn.execute(sql)), np.int64)
+
+
 def _check_ids(ids: np.ndarray, store: Store) -> list[str]:
+    """The index holds exactly the passages marked indexed, plus its tombstones."""
     problems = []
     if len(np.unique(ids)) != len(ids):
         problems.append(f"{len(ids) - len(np.unique(ids))} vector ids appear twice; {REBUILD}")
-    stored = np.fromiter((r[0] for r in store.conn.execute("SELECT id FROM passages")), np.int64)
-    missing = np.setdiff1d(stored, ids)
-    orphans = np.setdiff1d(ids, stored)
+    indexed = _ids(store, "SELECT id FROM passages WHERE indexed = 1")
+    dead = _ids(store, "SELECT vid FROM tombstones")
+    missing = np.setdiff1d(indexed, ids)
+    orphans = np.setdiff1d(ids, np.union1d(indexed, dead))
     if len(missing):
-        problems.append(f"{len(missing)} passages in SQLite have no vector (e.g. id {missing[0]}): "
-                        f"documents added or changed since the build; {REBUILD}")
+        problems.append(f"{len(missing)} passages marked indexed have no vector in the index (e.g. "
+                        f"id {missing[0]}); {REBUILD}")
     if len(orphans):
-        problems.append(f"{len(orphans)} vectors have no passage in SQLite (e.g. id {orphans[0]}): "
-                        f"documents removed since the build; they are skipped at search time")
+        problems.append(f"{len(orphans)} vectors in the index have no passage and no tombstone "
+                        f"(e.g. id {orphans[0]}); search would return documents wrongly; {REBUILD}")
+    return problems
+
+
+def _check_live(store: Store) -> list[str]:
+    """Every document with text has vectors (indexed or fresh) or is queued to be embedded."""
+    build = store.get_meta("incomplete_build")
+    if build is not None:
+        return [f"build {build} wrote documents but did not finish: their vectors are not "
+                f"searchable; rerun the same `embedsvc index build` to finish it"]
+    if store.get_meta("model_id") is None:
+        return []  # lexical only
+    unembedded = store.conn.execute(
+        "SELECT count(*) FROM passages WHERE indexed = 0 AND vector IS NULL").fetchone()[0]
+    lost = store.conn.execute(
+        "SELECT count(*) FROM documents d WHERE (coalesce(d.title, '') <> '' OR "
+        "coalesce(d.text, '') <> '') AND NOT EXISTS (SELECT 1 FROM passages p WHERE p.doc = "
+        "d.rowid) AND NOT EXISTS (SELECT 1 FROM pending q WHERE q.doc = d.rowid)").fetchone()[0]
+    problems = []
+    if unembedded:
+        problems.append(f"{unembedded} passages are neither in the index nor in the fresh segment; "
+                        f"{REBUILD}")
+    if lost:
+        problems.append(f"{lost} documents have no vectors and none is queued to be embedded; "
+                        f"{REBUILD}")
     return problems
