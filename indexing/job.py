@@ -277,7 +277,8 @@ class BuildJob:
         files: list[ChunkFile] = []
 
         def tasks() -> Iterator[EmbedTask]:
-            for chunk in chunked(read_documents(self.source), self.chunk_size):
+            documents = read_documents(self.source, self.settings.max_document_bytes)
+            for chunk in chunked(documents, self.chunk_size):
                 records = self._accept(chunk, build_id, report)
                 report.documents += len(records)
                 file = ChunkFile(chunk_dir, chunk.number)

@@ -75,13 +75,23 @@ def open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", errors="strict", newline="")
 
 
-def read_jsonl(path: Path) -> Iterator[Item]:
+def too_big(size: int, limit: int) -> str:
+    return (f"document of over {limit} bytes (EMBEDSVC_MAX_DOCUMENT_BYTES): split it, or raise "
+            f"the limit" if size > limit else "")
+
+
+def read_jsonl(path: Path, max_bytes: int | None = None) -> Iterator[Item]:
+    """Documents of a JSONL file; a line over ``max_bytes`` is an issue, never held whole."""
     with open_text(path) as fh:
         line_no = 0
         while True:
             line_no += 1
             try:
-                line = fh.readline()
+                line = fh.readline(max_bytes + 1) if max_bytes else fh.readline()
+                if max_bytes and len(line.encode()) > max_bytes:
+                    _skip_rest_of_line(fh, line)
+                    yield InputIssue(line_no, too_big(max_bytes + 1, max_bytes))
+                    continue
             except UnicodeDecodeError as exc:
                 yield InputIssue(line_no, f"not UTF-8 ({exc.reason}); the rest is unreadable")
                 return
@@ -97,25 +107,44 @@ def read_jsonl(path: Path) -> Iterator[Item]:
             yield to_record(line_no, row)
 
 
-def read_csv(path: Path) -> Iterator[Item]:
+def _skip_rest_of_line(fh: io.TextIOBase, start: str) -> None:
+    """Read past the end of an overlong line a block at a time, keeping none of it."""
+    part = start
+    while part and not part.endswith("\n"):
+        part = fh.readline(1 << 20)
+
+
+def read_csv(path: Path, max_bytes: int | None = None) -> Iterator[Item]:
+    if max_bytes:  # the csv module's own field limit (128kB) would otherwise apply
+        csv.field_size_limit(max_bytes)
     with open_text(path) as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not set(ID_FIELDS) & set(reader.fieldnames):
             raise SourceError(f"{path}: the CSV header must name an '_id' (or 'id') column")
         try:
             for row in reader:
+                size = sum(len(v.encode()) for v in row.values() if isinstance(v, str))
+                if max_bytes and size > max_bytes:
+                    yield InputIssue(reader.line_num, too_big(size, max_bytes))
+                    continue
                 yield to_record(reader.line_num, {k: v for k, v in row.items() if k})
         except (csv.Error, UnicodeDecodeError) as exc:
-            yield InputIssue(reader.line_num + 1, f"unreadable CSV: {exc}")
+            reason = too_big(max_bytes + 1, max_bytes) if max_bytes and "field limit" in str(exc) \
+                else f"unreadable CSV: {exc}"
+            yield InputIssue(reader.line_num + 1, f"{reason}; the rest is unreadable")
 
 
-def read_parquet(path: Path, batch_rows: int = 4096) -> Iterator[Item]:
+def read_parquet(path: Path, max_bytes: int | None = None, batch_rows: int = 4096) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
     row_no = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
         for row in batch.to_pylist():
             row_no += 1
+            size = sum(len(v.encode()) for v in row.values() if isinstance(v, str))
+            if max_bytes and size > max_bytes:
+                yield InputIssue(row_no, too_big(size, max_bytes))
+                continue
             yield to_record(row_no, row)
 
 
@@ -133,16 +162,20 @@ def resolve_input(path: Path) -> Path:
     return beir_corpus(path) if path.is_dir() else path
 
 
-def read_documents(path: Path) -> Iterator[Item]:
-    """Stream documents from a file or BEIR folder, choosing the reader by extension."""
+def read_documents(path: Path, max_bytes: int | None = None) -> Iterator[Item]:
+    """Stream documents from a file or BEIR folder, choosing the reader by extension.
+
+    A document over ``max_bytes`` becomes an issue, so memory stays bounded by the chunk
+    size whatever the input's line lengths.
+    """
     file = resolve_input(path)
     name = file.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".json.gz")):
-        return read_jsonl(file)
+        return read_jsonl(file, max_bytes)
     if name.endswith((".csv", ".csv.gz")):
-        return read_csv(file)
+        return read_csv(file, max_bytes)
     if name.endswith(".parquet"):
-        return read_parquet(file)
+        return read_parquet(file, max_bytes)
     raise SourceError(f"{file}: unknown format; use .jsonl, .jsonl.gz, .csv, .parquet or a BEIR folder")
 
 
