@@ -56,3 +56,34 @@ def test_build_reports_bad_input_with_its_line(tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "does not exist" in missing.output
     bad_name = invoke(tmp_path / "home", "index", "build", "../x", "--input", str(bad))
     assert bad_name.exit_code == 1 and "invalid collection name" in bad_name.output
+
+
+def test_collections_commands_and_compact(settings: Settings) -> None:
+    from tests.test_compaction import write
+
+    home = settings.home
+    created = invoke(home, "collections", "create", "notes", "--indexed-field", "year", "--json")
+    assert created.exit_code == 0, created.output
+    info = json.loads(created.stdout)
+    assert (info["name"], info["model"], info["indexed_fields"]) == ("notes", "all-MiniLM-L6-v2", ["year"])
+    again = invoke(home, "collections", "create", "notes")
+    assert again.exit_code == 1 and "already exists" in again.output
+    bad = invoke(home, "collections", "create", "x", "--indexed-field", "a b")
+    assert bad.exit_code == 1 and "field name" in bad.output
+    write(settings, "notes", [("a", "Penguins huddle against the cold."), ("b", "Volcanoes erupt.")])
+    listed = invoke(home, "collections", "list")
+    assert listed.exit_code == 0 and "notes" in listed.stdout
+    compacted = invoke(home, "index", "compact", "notes")
+    assert compacted.exit_code == 0 and "2 fresh vectors folded in" in compacted.stdout
+    shown = json.loads(invoke(home, "collections", "show", "notes", "--json").stdout)
+    assert (shown["index_version"], shown["indexed_vectors"], shown["fresh_vectors"]) == (1, 2, 0)
+    assert "nothing to compact" in invoke(home, "index", "compact", "notes").stdout
+    found = invoke(home, "search", "notes", "penguins", "--filter", '{"year": {"$gt": 1}}', "--json")
+    assert found.exit_code == 0 and json.loads(found.stdout)["hits"] == []
+    bad_filter = invoke(home, "search", "notes", "penguins", "--filter", '{"year": {"$bad": 1}}')
+    assert bad_filter.exit_code == 1 and "unknown operator '$bad'" in bad_filter.output
+    not_json = invoke(home, "search", "notes", "penguins", "--filter", "{year")
+    assert not_json.exit_code == 1 and "--filter: not valid JSON" in not_json.output
+    assert invoke(home, "collections", "delete", "notes", "--yes").exit_code == 0
+    gone = invoke(home, "collections", "show", "notes")
+    assert gone.exit_code == 1 and "does not exist" in gone.output

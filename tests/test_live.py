@@ -319,3 +319,18 @@ def test_openapi_describes_every_response(live_server: RunningServer) -> None:
     assert {"/v1/collections/{name}/documents", "/v1/collections/{name}/documents/delete",
             "/v1/collections/{name}/compact", "/v1/jobs", "/v1/jobs/{job_id}"} <= set(schema["paths"])
     json.dumps(schema)
+
+
+def test_the_server_compacts_by_itself(tmp_path: Path, bundled_model: Path) -> None:
+    settings = make_settings(tmp_path / "home", bundled_model, lease_seconds=2,
+                             compact_fresh_vectors=6, compact_deleted_ratio=0.3)
+    with RunningServer(settings) as server, Client(server.url, timeout=60) as client:
+        client.create_collection("c")
+        client.upsert("c", corpus(8))
+        info = wait_for(lambda: (i := client.get_collection("c")).index_version == 1 and i)
+        assert wait_for(lambda: client.get_collection("c").fresh_vectors == 0)
+        assert info.last_compaction is not None and info.leader is not None
+        client.delete("c", ids=["doc-0", "doc-1", "doc-2"])  # 3 of 8: past the deleted share
+        info = wait_for(lambda: (i := client.get_collection("c")).index_version == 2 and i)
+        assert (info.indexed_vectors, info.deleted_vectors) == (5, 0)
+        assert [j.state for j in client.jobs()] == ["done", "done"]
