@@ -196,13 +196,14 @@ class Store:
         return self._store_build_rows([d.id for d in docs], rows, build, tables)
 
     def upsert_bare_documents(self, ids: Sequence[str], lines: Iterable[int], build: str,
-                              tables: Tables = SERVED) -> None:
+                              tables: Tables = SERVED,
+                              metadata: Iterable[str] | None = None) -> None:
         """Documents known only by id (vectors made elsewhere), in one transaction.
 
-        Rows are zipped straight from the ids: building a million document objects first
-        took longer than inserting them.
+        Rows are zipped straight from the ids (and their metadata, JSON): building a million
+        document objects first took longer than inserting them.
         """
-        rows = zip(ids, repeat(""), repeat(""), repeat("{}"), lines, repeat(None))
+        rows = zip(ids, repeat(""), repeat(""), metadata or repeat("{}"), lines, repeat(None))
         self._store_build_rows(ids, rows, build, tables, want_rowids=False)
 
     def _store_build_rows(self, ids: Sequence[str], rows: Iterable[tuple[Any, ...]], build: str,

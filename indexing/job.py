@@ -345,21 +345,23 @@ class BuildJob:
 
         o = self.options
         with ThreadPoolExecutor(1) as pool:
-            stored = pool.submit(self._store_vector_documents, build_id, checked.ids, chunks,
+            stored = pool.submit(self._store_vector_documents, build_id, checked, chunks,
                                  report)
             trained = train_index(chunks, self.dim, index=o.index, memory_budget=o.memory_budget,
                                   target_recall=o.target_recall)
             return stored.result(), trained
 
-    def _store_vector_documents(self, build_id: str, all_ids: list[str], chunks: list[VectorRows],
-                                report: BuildReport) -> list[VectorRows]:
+    def _store_vector_documents(self, build_id: str, checked: CheckedVectors,
+                                chunks: list[VectorRows], report: BuildReport) -> list[VectorRows]:
         """One document and one passage per id (in a worker thread); the chunks with their ids."""
         started = time.perf_counter()
+        all_ids, metadata = checked.ids, checked.metadata
         try:
             for chunk in chunks:
                 rows = chunk.rows().tolist()
-                self.store.upsert_bare_documents([all_ids[r] for r in rows], (r + 1 for r in rows),
-                                                 build_id, self.tables)
+                self.store.upsert_bare_documents(
+                    [all_ids[r] for r in rows], (r + 1 for r in rows), build_id, self.tables,
+                    [metadata[r] for r in rows] if metadata else None)
                 report.documents += len(rows)
                 self.progress(chunk.stop - chunk.start)
             self.store.one_passage_each(build_id, self.tables)

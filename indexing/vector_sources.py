@@ -16,6 +16,7 @@ values, zero vectors, id and vector counts that differ.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class CheckedVectors:
     ids: list[str]
     chunks: list[VectorRows]
     unit_float32: bool  # every row already a unit float32 vector: index the file as it is
+    metadata: list[str] | None = None  # per row, JSON of its other columns (Parquet)
 
 
 def usable_rows(checked: CheckedVectors) -> tuple[list[VectorRows], list[InputIssue]]:
@@ -198,23 +200,29 @@ def as_unit_float32(checked: CheckedVectors, out: Path) -> CheckedVectors:
     matrix.flush()
     del matrix
     return CheckedVectors(checked.ids, [replace(c, vectors_path=out) for c in checked.chunks],
-                          unit_float32=True)
+                          unit_float32=True, metadata=checked.metadata)
 
 
 def convert_parquet(path: Path, dim: int, chunk_rows: int, out: Path,
                     column: str = "vector") -> CheckedVectors:
-    """Check a Parquet input and write its rows, normalised, into the ``.npy`` file ``out``."""
+    """Check a Parquet input and write its rows, normalised, into the ``.npy`` file ``out``.
+
+    Columns other than ``id`` and ``column`` become each document's metadata (what search
+    filters see), so vectors made elsewhere arrive with what describes them.
+    """
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
     names = file.schema_arrow.names
     if "id" not in names or column not in names:
         raise VectorSourceError(f"{path}: needs columns 'id' and '{column}', has {names}")
+    extra = [n for n in names if n not in ("id", column)]
     out.parent.mkdir(parents=True, exist_ok=True)
     matrix = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32,
                                        shape=(file.metadata.num_rows, dim))
     all_ids: list[str] = []
-    for batch in file.iter_batches(batch_size=chunk_rows, columns=["id", column]):
+    metadata: list[str] = []
+    for batch in file.iter_batches(batch_size=chunk_rows):
         row = len(all_ids)
         ids = [str(x) for x in batch.column("id").to_pylist()]
         values = batch.column(column).to_pylist()
@@ -227,11 +235,25 @@ def convert_parquet(path: Path, dim: int, chunk_rows: int, out: Path,
         check_rows(block, dim, path, row)
         matrix[row:row + len(ids)] = unit_rows(block)
         all_ids.extend(ids)
+        if extra:
+            metadata.extend(_metadata_json(path, row, batch.select(extra).to_pylist()))
     matrix.flush()
     del matrix
     chunks = [VectorRows(number, out, path, start, min(start + chunk_rows, len(all_ids)))
               for number, start in enumerate(range(0, len(all_ids), chunk_rows))]
-    return CheckedVectors(all_ids, chunks, unit_float32=True)
+    return CheckedVectors(all_ids, chunks, unit_float32=True, metadata=metadata or None)
+
+
+def _metadata_json(path: Path, first_row: int, rows: list[dict]) -> list[str]:
+    out = []
+    for offset, row in enumerate(rows):
+        try:
+            out.append(json.dumps({k: v for k, v in row.items() if v is not None},
+                                  allow_nan=False, default=str))
+        except ValueError as exc:
+            raise VectorSourceError(f"{path}: row {first_row + offset} has a metadata value "
+                                    f"JSON cannot hold ({exc}); fix or drop it") from exc
+    return out
 
 
 def vector_count(path: Path) -> int:

@@ -207,3 +207,31 @@ def test_a_failed_rebuild_keeps_every_served_document(
     assert all(store.document(i) is not None for i in ids)  # version 1 keeps its documents
     found, _ = search_ids(settings, served[::25])
     assert found == ids[::25]
+
+
+def test_parquet_columns_become_metadata_that_filters_see(settings: Settings, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedsvc.service import local_searcher
+    from embedsvc.search.filters import compile_filter
+
+    rng = np.random.default_rng(1)
+    vectors, ids = unit(rng, 200), [f"id{i}" for i in range(200)]
+    table = pa.table({"id": ids, "vector": vectors.tolist(), "bucket": [i % 10 for i in range(200)],
+                      "source": ["a" if i < 100 else "b" for i in range(200)]})
+    pq.write_table(table, tmp_path / "v.parquet")
+    assert cli(settings, "--vectors", str(tmp_path / "v.parquet")).exit_code == 0
+    _, store = open_store(settings.collections_dir, "v")
+    assert store.document("id13").metadata == {"bucket": 3, "source": "a"}
+    searcher = local_searcher(settings, "v")
+    view = searcher.view()
+    only = compile_filter({"bucket": 3, "source": "b"})
+    hits = searcher.search("ignored", 50, "dense", where=only)  # no text: the vector path
+    assert hits.mode == "dense"
+    found = {h.id for h in hits.hits}
+    assert found == {f"id{i}" for i in range(100, 200) if i % 10 == 3} and view.index.count == 200
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(table.set_column(2, "bucket", pa.array([float("nan")] * 200)), bad)
+    result = cli(settings, "--vectors", str(bad))
+    assert result.exit_code == 1 and "row 0 has a metadata value JSON cannot hold" in result.output
