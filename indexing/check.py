@@ -17,7 +17,7 @@ import numpy as np
 
 from embedsvc.collection import CollectionPaths, read_manifest
 from embedsvc.encoders import ModelError, resolve_model
-from embedsvc.search.dense import REBUILD, IndexLoadError, load_verified_shard
+from embedsvc.search.dense import REBUILD, IndexLoadError, load_deleted, load_verified_shard
 from embedsvc.store import Store
 
 
@@ -44,14 +44,20 @@ def check_collection(paths: CollectionPaths, store: Store, models_dir: Path) -> 
     except Exception as exc:  # noqa: BLE001 - any unreadable manifest is the finding
         return problems + [f"version {version}: manifest unreadable ({exc}); {REBUILD}"]
     problems += _check_model(manifest, store, models_dir)
-    ids: list[np.ndarray] = []
-    for shard in manifest["shards"]:
-        path = paths.version_dir(version) / shard["file"]
-        found, shard_ids = _check_shard(path, shard, manifest["dim"])
-        problems += found
-        ids.append(shard_ids)
-    if not problems:
-        problems += _check_ids(np.concatenate(ids), store)
+    folder = paths.version_dir(version)
+    base = [_check_shard(folder / shard["file"], shard, manifest["dim"])
+            for shard in manifest["shards"]]
+    delta = [_check_shard(folder / manifest["delta"]["file"], manifest["delta"], manifest["dim"])] \
+        if manifest.get("delta") else []
+    problems += [p for found, _ in base + delta for p in found]
+    try:
+        deleted = load_deleted(folder, manifest.get("deleted"))
+    except IndexLoadError as exc:
+        problems.append(str(exc))
+    if not problems:  # the live ids: the base's but its dead ones, and the delta's
+        live = np.concatenate([ids for _, ids in base])
+        live = live[~np.isin(live, deleted)]
+        problems += _check_ids(np.concatenate([live] + [ids for _, ids in delta]), store)
     return problems
 
 

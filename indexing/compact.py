@@ -29,19 +29,25 @@ import faiss
 import numpy as np
 
 from embedsvc.collection import CollectionPaths, read_manifest
+from embedsvc.files import atomic_write, sha256_file, write_atomic_with
+from embedsvc.search.dense import load_deleted, load_verified_shard
 from embedsvc.search.fresh import state_numbers
 from embedsvc.store import Store
 from indexing.build import build_index, update_index, working_bytes
 from indexing.errors import BuildError
 from indexing.job import build_lock
 from indexing.layouts import choose_layout
-from indexing.vectorstore import Segment, carry_over, segments, write_segment
+from indexing.vectorstore import Segment, carry_over, link, segments, write_segment
 from indexing.versions import prune_versions, write_version
 
 log = logging.getLogger(__name__)
 
 # Layouts whose index a compaction can update in place (FAISS removes ids from them).
 _UPDATABLE = ("flat", "ivf", "ivfsq", "ivfpq")
+# A minor compaction leaves the base shards as they are and writes only what changed (an
+# exact delta index and the dead ids), until either passes this share of the base: then
+# the base is rewritten (a major compaction), so search speed and memory do not decay.
+MAJOR_SHARE = 0.1
 Progress = Callable[[str, float], None]
 
 
@@ -137,7 +143,7 @@ def _manifest(snap: Snapshot) -> dict[str, Any]:
 
 
 def _fill(folder: Path, paths: CollectionPaths, snap: Snapshot) -> dict[str, Any]:
-    """Write the new version's shards and store into ``folder``; its manifest fields."""
+    """Write the new version's index and store into ``folder``; its manifest fields."""
     dim = int(snap.manifest["dim"]) if snap.manifest else snap.fresh_vectors.shape[1]
     parent = paths.version_dir(snap.version) if snap.version is not None else None
     parent_store = segments(parent, snap.manifest) if parent is not None else []
@@ -148,28 +154,112 @@ def _fill(folder: Path, paths: CollectionPaths, snap: Snapshot) -> dict[str, Any
             store.append(write_segment(folder, f"fresh-{snap.seq:012d}", snap.fresh_ids,
                                        snap.fresh_vectors))
     options = snap.layout
+    target = options.get("target_recall") or 0.95
     choice = choose_layout(snap.live_count, dim, options.get("memory_budget"),
-                           options.get("index") or "auto", options.get("target_recall") or 0.95,
-                           working_bytes=working_bytes(dim))
-    if snap.manifest and choice.factory == snap.manifest["layout"] and \
-            snap.manifest.get("kind") in _UPDATABLE:
+                           options.get("index") or "auto", target, working_bytes=working_bytes(dim))
+    same_layout = snap.manifest is not None and choice.factory == snap.manifest["layout"]
+    fields = None
+    if same_layout:
         assert parent is not None
-        base = [faiss.read_index(str(parent / shard["file"])) for shard in snap.manifest["shards"]]
-        tune = store if store is not None and choice.kind != "flat" else None
-        fields = update_index(base, snap.manifest, choice, folder, remove=snap.tombstones,
-                              add_ids=snap.fresh_ids, add_vectors=snap.fresh_vectors,
-                              chunks=tune, target_recall=options.get("target_recall") or 0.95)
-    elif store is None:
-        raise BuildError(
-            f"version {snap.version} of '{paths.name}' was built before versions kept their "
-            f"vectors, and its layout must change ({snap.manifest['layout'] if snap.manifest else '-'}"
-            f" → {choice.factory}): rebuild it once with `embedsvc index build {paths.name}`")
-    else:
+        changes = _Changes.of(parent, snap)
+        fields = changes.minor(folder, snap)
+        if fields is None and snap.manifest.get("kind") in _UPDATABLE:
+            base = [faiss.read_index(str(parent / s["file"])) for s in snap.manifest["shards"]]
+            add_ids, add_vectors = changes.added(snap)
+            tune = store if store is not None and choice.kind != "flat" else None
+            fields = update_index(base, snap.manifest, choice, folder, remove=changes.deleted,
+                                  add_ids=add_ids, add_vectors=add_vectors, chunks=tune,
+                                  target_recall=target)
+    if fields is None:
+        if store is None:
+            raise BuildError(
+                f"version {snap.version} of '{paths.name}' was built before versions kept their "
+                f"vectors, and this compaction must build its index anew "
+                f"({snap.manifest['layout'] if snap.manifest else '-'} → {choice.factory}): rebuild "
+                f"it once with `embedsvc index build {paths.name}`")
         fields = build_index(store, dim, folder, index=options.get("index") or "auto",
-                             memory_budget=options.get("memory_budget"),
-                             target_recall=options.get("target_recall") or 0.95,
+                             memory_budget=options.get("memory_budget"), target_recall=target,
                              shards=options.get("shards"))
     return {**fields, "store": [s.describe() for s in store] if store is not None else None}
+
+
+@dataclass
+class _Changes:
+    """What a compaction does to its parent's index: the base ids that die, the delta."""
+
+    parent: Path
+    delta: faiss.Index  # the parent's delta with its dead vectors removed, or a new one
+    deleted: np.ndarray  # base ids dead in the new version
+    base_count: int
+
+    @classmethod
+    def of(cls, parent: Path, snap: Snapshot) -> _Changes:
+        manifest = snap.manifest
+        assert manifest is not None
+        dim = int(manifest["dim"])
+        meta = manifest.get("delta")
+        delta = load_verified_shard(parent / meta["file"], meta, dim, mmap=False) if meta else \
+            faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        in_delta = np.isin(snap.tombstones, faiss.vector_to_array(delta.id_map))
+        if in_delta.any():
+            delta.remove_ids(faiss.IDSelectorBatch(snap.tombstones[in_delta]))
+        deleted = np.union1d(load_deleted(parent, manifest.get("deleted")),
+                             snap.tombstones[~in_delta]).astype(np.int64)
+        return cls(parent, delta, deleted, sum(int(s["count"]) for s in manifest["shards"]))
+
+    def added(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+        """Every vector the base does not hold: the live delta and the fresh ones."""
+        ids = faiss.vector_to_array(self.delta.id_map).astype(np.int64)
+        vectors = self.delta.reconstruct_batch(ids) if len(ids) else \
+            np.empty((0, self.delta.d), np.float32)
+        if not len(snap.fresh_ids):
+            return ids, vectors
+        return np.concatenate([ids, snap.fresh_ids]), np.concatenate([vectors, snap.fresh_vectors])
+
+    def minor(self, folder: Path, snap: Snapshot) -> dict[str, Any] | None:
+        """The parent's base shards linked in, a new delta and dead-id list beside them; None
+        when the delta or the dead ids would pass :data:`MAJOR_SHARE` of the base."""
+        assert snap.manifest is not None
+        started = time.perf_counter()
+        limit = MAJOR_SHARE * self.base_count
+        if len(self.deleted) > limit or self.delta.ntotal + len(snap.fresh_ids) > limit:
+            return None
+        if len(snap.fresh_ids):
+            self.delta.add_with_ids(np.ascontiguousarray(snap.fresh_vectors, dtype=np.float32),
+                                    snap.fresh_ids)
+        for shard in snap.manifest["shards"]:
+            link(self.parent / shard["file"], folder / shard["file"])
+        delta = _write_delta(folder, self.delta)
+        deleted = _write_deleted(folder, self.deleted)
+        written = [d for d in (delta, deleted) if d]
+        log.info("minor compaction: base %s kept, delta of %d vectors, %d base vectors dead",
+                 snap.manifest["layout"], self.delta.ntotal, len(self.deleted))
+        keep = ("layout", "kind", "params", "search_params", "recall_at_10", "train_size", "reason",
+                "shards", "dim", "metric")
+        return {**{k: snap.manifest.get(k) for k in keep}, "delta": delta, "deleted": deleted,
+                "count": snap.live_count, "compaction": "minor",
+                "index_bytes": snap.manifest["index_bytes"] + sum(
+                    (folder / d["file"]).stat().st_size for d in written),
+                "build_seconds": round(time.perf_counter() - started, 3),
+                "phase_seconds": {"minor": round(time.perf_counter() - started, 3)},
+                "faiss_version": faiss.__version__}
+
+
+def _write_delta(folder: Path, delta: faiss.Index) -> dict[str, Any] | None:
+    if not delta.ntotal:
+        return None
+    path = folder / "delta.faiss"
+    write_atomic_with(path, lambda tmp: faiss.write_index(delta, tmp))
+    return {"file": path.name, "count": int(delta.ntotal), "sha256": sha256_file(path)}
+
+
+def _write_deleted(folder: Path, deleted: np.ndarray) -> dict[str, Any] | None:
+    if not len(deleted):
+        return None
+    path = folder / "deleted.npy"
+    with atomic_write(path) as fh:
+        np.save(fh, np.ascontiguousarray(deleted, dtype=np.int64), allow_pickle=False)
+    return {"file": path.name, "count": len(deleted), "sha256": sha256_file(path)}
 
 
 def fold(store: Store, snap: Snapshot, number: int | None) -> None:

@@ -107,24 +107,31 @@ def vectors_collection(settings: Settings, tmp_path: Path, n: int, index: str) -
     return vectors
 
 
-def test_ivf_is_updated_in_place_and_retuned(settings: Settings, tmp_path: Path) -> None:
+def test_ivf_keeps_its_base_then_is_updated_in_place_and_retuned(settings: Settings,
+                                                                 tmp_path: Path) -> None:
     vectors = vectors_collection(settings, tmp_path, 6000, "ivf")
     paths, store = open_store(settings.collections_dir, "v")
     before = read_manifest(paths, 1)
     assert before["kind"] == "ivf" and before["store"][0]["dead"] is None
-    gone = [f"v{i}" for i in range(0, 6000, 100)]
+    gone = [f"v{i}" for i in range(0, 6000, 100)]  # 1%: a minor compaction
     gone_rows = set(store.rowids(gone))
     delete_documents(store, gone)
-    result = compact(paths, store)
-    after = read_manifest(paths, result["version"])
-    assert (after["layout"], after["count"]) == (before["layout"], 6000 - len(gone))
-    assert after["recall_at_10"] >= 0.95 and "remove" in after["phase_seconds"]
-    assert after["store"][0]["dead"]  # the carried-over vectors know which rows died
+    minor = read_manifest(paths, compact(paths, store)["version"])
+    assert (minor["compaction"], minor["count"], minor["deleted"]["count"]) == ("minor", 5940, 60)
+    assert minor["shards"] == before["shards"]  # the same base files, linked
+    assert minor["store"][0]["dead"]  # the carried-over vectors know which rows died
     index = local_searcher(settings, "v").view().index
     _, found = index.search(vectors[:200], 10)
     assert not set((found >> PASSAGE_BITS).ravel().tolist()) & gone_rows
     own = np.array(store.rowids([f"v{i}" for i in range(1, 100)]))
     assert np.mean(found[1:100, 0] >> PASSAGE_BITS == own) > 0.9  # each finds itself first
+    assert check_collection(paths, store, settings.models_dir) == []
+    delete_documents(store, [f"v{i}" for i in range(1, 6000, 7)])  # 14% more: major
+    major = read_manifest(paths, compact(paths, store)["version"])
+    assert (major["layout"], major.get("delta"), major.get("deleted")) == (before["layout"], None, None)
+    live = 6000 - len(set(range(0, 6000, 100)) | set(range(1, 6000, 7)))
+    assert major["count"] == live and "remove" in major["phase_seconds"]
+    assert major["recall_at_10"] >= 0.95
     assert check_collection(paths, store, settings.models_dir) == []
 
 
@@ -132,13 +139,16 @@ def test_hnsw_is_rebuilt_from_the_stored_vectors(settings: Settings, tmp_path: P
     vectors_collection(settings, tmp_path, 3000, "hnsw")
     paths, store = open_store(settings.collections_dir, "v")
     delete_documents(store, [f"v{i}" for i in range(100)])
+    minor = read_manifest(paths, compact(paths, store)["version"])
+    assert (minor["kind"], minor["compaction"], minor["count"]) == ("hnsw", "minor", 2900)
+    delete_documents(store, [f"v{i}" for i in range(100, 500)])  # past the share: rebuilt
     result = compact(paths, store)
     manifest = read_manifest(paths, result["version"])
-    assert manifest["kind"] == "hnsw" and manifest["count"] == 2900
-    assert manifest["phase_seconds"].get("train") is not None  # built afresh, not updated
+    assert (manifest["kind"], manifest["count"], manifest.get("deleted")) == ("hnsw", 2500, None)
+    assert manifest["phase_seconds"].get("train") is not None  # built afresh from the store
     assert check_collection(paths, store, settings.models_dir) == []
-    # a version written before stores existed cannot change layout: rebuild it once
-    delete_documents(store, ["v200"])
+    # a version written before stores existed cannot be rebuilt: build it once from its input
+    delete_documents(store, [f"v{i}" for i in range(500, 1000)])
     path = paths.version_dir(result["version"]) / "manifest.json"
     path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "store"}))
     with pytest.raises(BuildError, match="rebuild it once with `embedsvc index build v`"):

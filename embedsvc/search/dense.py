@@ -68,10 +68,16 @@ def load_verified_shard(path: Path, meta: dict[str, Any], dim: int, mmap: bool =
 ShardSearch = Callable[[int, faiss.Index, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
+def version_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest entries (file, sha256) of every index file of a version."""
+    return manifest.get("shards", []) + [manifest[key] for key in ("delta", "deleted")
+                                         if manifest.get(key)]
+
+
 def damaged_shards(folder: Path, manifest: dict[str, Any]) -> list[str]:
-    """Shards of a version that are missing or no longer match their checksum."""
+    """Index files of a version that are missing or no longer match their checksum."""
     problems = []
-    for meta in manifest.get("shards", []):
+    for meta in version_files(manifest):
         path = folder / meta["file"]
         if not path.is_file():
             problems.append(f"{path} is missing")
@@ -157,31 +163,57 @@ class _Not(faiss.IDSelectorNot):
         self.inner = inner
 
 
-class DenseIndex:
-    """A loaded index version: its manifest and shards."""
+def load_deleted(folder: Path, meta: dict[str, Any] | None) -> np.ndarray:
+    """The sorted ids a version's base shards still hold but that are dead in it."""
+    if not meta:
+        return np.empty(0, np.int64)
+    path = folder / meta["file"]
+    if not path.is_file() or sha256_file(path) != meta["sha256"]:
+        raise IndexLoadError(f"{path} is missing or does not match its checksum; {REBUILD}")
+    return np.load(path, allow_pickle=False)
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], shards: list[faiss.Index]):
+
+class DenseIndex:
+    """A loaded index version: its base shards, its delta and the ids dead in the base.
+
+    A full build or a major compaction writes base shards only. A minor compaction keeps
+    the base shards of the version it starts from (linked, not copied) and writes the rest
+    beside them: a small exact ``delta`` index of the vectors added since, and the ids of
+    base vectors deleted since, which searches of the base skip inside FAISS. So a
+    compaction costs what changed, not what the collection holds.
+    """
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], shards: list[faiss.Index],
+                 delta: faiss.Index | None = None, deleted: np.ndarray | None = None):
         self.folder = folder
         self.manifest = manifest
         self.shards = shards
+        self.delta = delta
+        self.deleted = deleted if deleted is not None else np.empty(0, np.int64)
         self.dim = int(manifest["dim"])
-        self._pool = ThreadPoolExecutor(max_workers=len(shards)) if len(shards) > 1 else None
+        self._parts = shards + ([delta] if delta is not None else [])
+        self._pool = ThreadPoolExecutor(max_workers=len(self._parts)) if len(self._parts) > 1 else None
+        self._base_only: dict[int, tuple[IdFilter | None, IdFilter | None]] = {}
 
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> DenseIndex:
-        """Load a version, refusing any shard that does not match the manifest."""
+        """Load a version, refusing any file that does not match the manifest."""
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():
             raise IndexLoadError(f"{manifest_path} is missing")
         manifest = read_json(manifest_path)
-        shards = [load_verified_shard(folder / meta["file"], meta, int(manifest["dim"]), mmap)
+        dim = int(manifest["dim"])
+        shards = [load_verified_shard(folder / meta["file"], meta, dim, mmap)
                   for meta in manifest["shards"]]
         params = manifest.get("search_params") or ""
         if params:
             space = faiss.ParameterSpace()
             for shard in shards:
                 space.set_index_parameters(shard, params)
-        return cls(folder, manifest, shards)
+        delta = manifest.get("delta")
+        return cls(folder, manifest, shards,
+                   load_verified_shard(folder / delta["file"], delta, dim, mmap) if delta else None,
+                   load_deleted(folder, manifest.get("deleted")))
 
     @property
     def model_id(self) -> str:
@@ -189,6 +221,7 @@ class DenseIndex:
 
     @property
     def count(self) -> int:
+        """Live vectors of the version."""
         return int(self.manifest["count"])
 
     def passages_per_document(self) -> float:
@@ -204,21 +237,43 @@ class DenseIndex:
         those; for IVF, one matching a share ``s`` of the vectors probes ``1/s`` times the
         tuned lists, so the matches it visits, and the recall, stay what tuning measured.
         """
-        if only is None:
+        base = self._for_base(only)
+        if base is None and self.delta is None:
             return search_shards(self.shards, queries, k, pool=self._pool)
-        return search_shards(self.shards, queries, k, pool=self._pool,
-                             search=lambda n, shard, q, depth: self._search_shard(n, shard, q, depth, only))
+        filters = [base] * len(self.shards) + [only]
+        return search_shards(self._parts, queries, k, pool=self._pool,
+                             search=lambda n, part, q, depth: self._search_part(
+                                 n, part, q, depth, filters[n]))
 
-    def _search_shard(self, number: int, shard: faiss.Index, queries: np.ndarray, k: int,
-                      only: IdFilter) -> tuple[np.ndarray, np.ndarray]:
+    def _for_base(self, only: IdFilter | None) -> IdFilter | None:
+        """``only`` with the base's dead ids ruled out too (made once per filter)."""
+        if not len(self.deleted):
+            return only
+        cached = self._base_only.get(id(only))
+        if cached is not None and cached[0] is only:
+            return cached[1]
+        if only is None:
+            base = IdFilter(self.deleted, include=False)
+        elif only.include:
+            base = IdFilter(np.setdiff1d(only.ids, self.deleted), include=True)
+        else:
+            base = IdFilter(np.union1d(only.ids, self.deleted), include=False)
+        if len(self._base_only) >= 64:
+            self._base_only.clear()
+        self._base_only[id(only)] = (only, base)
+        return base
+
+    def _search_part(self, number: int, shard: faiss.Index, queries: np.ndarray, k: int,
+                     only: IdFilter | None) -> tuple[np.ndarray, np.ndarray]:
+        if only is None:
+            return shard.search(queries, k)
         matched = len(only.ids) if only.include else None
         top = faiss.downcast_index(shard)
         if isinstance(top, faiss.IndexIVF):
-            ivf = top
-            nprobe = ivf.nprobe
+            nprobe = top.nprobe
             if matched is not None:
-                nprobe = ivf.nlist if matched <= EXACT_SUBSET else \
-                    min(ivf.nlist, math.ceil(nprobe * self.count / max(matched, 1)))
+                nprobe = top.nlist if matched <= EXACT_SUBSET else \
+                    min(top.nlist, math.ceil(nprobe * self.count / max(matched, 1)))
             return shard.search(queries, k, params=faiss.SearchParametersIVF(
                 sel=only.selector, nprobe=nprobe))
         inner = faiss.downcast_index(top.index) if isinstance(top, faiss.IndexIDMap) else None
@@ -235,7 +290,7 @@ class DenseIndex:
 
     def _exact(self, number: int, shard: faiss.Index, queries: np.ndarray, k: int,
                ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top ``k`` over the given ids of one shard (each id lives in shard id % S)."""
+        """Exact top ``k`` over the given ids of one base shard (id ``i`` lives in ``i % S``)."""
         mine = ids[ids % len(self.shards) == number]
         if not len(mine):
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1)

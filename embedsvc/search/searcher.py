@@ -249,6 +249,15 @@ class Searcher:
             raise SearchConflict(
                 f"model '{encoder.spec.model_id}' makes {vectors.shape[1]}-d vectors but the "
                 f"index holds {dim}-d ones; rebuild the index with this model")
+        return self.dense_by_vectors(view, vectors, k, where)
+
+    def dense_by_vectors(self, view: live.LiveView, vectors: np.ndarray, k: int,
+                         where: CompiledFilter | None = None) -> list[list[Ranked]]:
+        """Top ``k`` documents for (nq, dim) unit query vectors: the dense path after encoding.
+
+        Returns:
+            Per query, (document row id, score, vector id of its best passage), best first.
+        """
         only = self._restriction(view, where)
         per_doc = view.index.passages_per_document() if view.index is not None else 1.0
         depth = max(1, min(only.candidates, int(np.ceil(k * per_doc * 2))))
