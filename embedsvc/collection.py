@@ -78,8 +78,10 @@ def collection_paths(collections_dir: Path, name: str) -> CollectionPaths:
     return CollectionPaths(collections_dir / check_name(name))
 
 
-def open_store(collections_dir: Path, name: str, create: bool = False) -> tuple[CollectionPaths, Store]:
-    """Open a collection's database, creating the collection when ``create`` is set."""
+def open_store(collections_dir: Path, name: str, create: bool = False,
+               durable: bool = True) -> tuple[CollectionPaths, Store]:
+    """Open a collection's database, creating the collection when ``create`` is set
+    (``durable``: fsync every commit; see :func:`embedsvc.schema.configure`)."""
     paths = collection_paths(collections_dir, name)
     if not paths.db.is_file():
         if not create:
@@ -91,7 +93,7 @@ def open_store(collections_dir: Path, name: str, create: bool = False) -> tuple[
         create_schema(paths.db)
     elif schema_version(paths.db) < SCHEMA_VERSION:
         create_schema(paths.db)
-    return paths, Store(paths.db)
+    return paths, Store(paths.db, durable)
 
 
 def list_collections(collections_dir: Path) -> list[str]:

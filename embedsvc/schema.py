@@ -34,16 +34,18 @@ DB_NAME = "collection.db"
 SCHEMA_VERSION = 4
 
 
-def configure(conn: sqlite3.Connection) -> None:
+def configure(conn: sqlite3.Connection, durable: bool = True) -> None:
     """WAL (readers never wait for the writer), a busy timeout, and fsync on every commit.
 
-    ``synchronous=FULL``: a write acknowledged to a client survives a crash of the process
-    (which WAL alone guarantees) and also a power cut or kernel panic. It costs one fsync of
-    the WAL per transaction, milliseconds, which batches and chunks amortise.
+    ``synchronous=FULL`` (``durable``): a write acknowledged to a client survives a crash of
+    the process (which WAL alone guarantees) and also a power cut or kernel panic. It costs
+    one fsync of the WAL per transaction, milliseconds, which batches amortise. A build's
+    own connection uses ``NORMAL`` (no fsync per chunk): what it writes before its switch is
+    either resumed or discarded after a crash, and a power cut can only undo a switch whole.
     """
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
 
 
 def schema_version(path: Path) -> int:

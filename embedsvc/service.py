@@ -178,7 +178,6 @@ class Service:
                 "name": name,
                 "model": store.get_meta("model_id"),
                 "documents": count("SELECT count(*) FROM documents"),
-                "indexed_vectors": count("SELECT count(*) FROM passages WHERE indexed = 1"),
                 "fresh_vectors": count("SELECT count(*) FROM passages WHERE indexed = 0 "
                                        "AND vector IS NOT NULL"),
                 "deleted_vectors": count("SELECT count(*) FROM tombstones"),
@@ -192,6 +191,9 @@ class Service:
         info["leader"] = lease.holder if lease and lease.expires_at > time.time() else None
         info["index"] = self._index_info(searcher, info["index_version"])
         info["layout"] = info["index"]["layout"] if info["index"] else None
+        # live vectors of the served version: its count less what was deleted since
+        info["indexed_vectors"] = info["index"]["count"] - info["deleted_vectors"] \
+            if info["index"] else 0
         model = info["model"]
         info["model_state"] = (self.models.status().get(model, {}).get("state") or "not_loaded"
                                if model else None)

@@ -100,8 +100,9 @@ def in_list(values: Sequence[Any]) -> tuple[str, tuple[str]]:
 class Store:
     """Access to one collection's database, one connection per thread."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, durable: bool = True):
         self.path = path
+        self.durable = durable  # False for a build's writes: see schema.configure
         self._local = threading.local()
 
     @property
@@ -110,7 +111,7 @@ class Store:
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
                                    isolation_level=None)
-            configure(conn)
+            configure(conn, self.durable)
             self._local.conn = conn
         return conn
 
@@ -275,7 +276,12 @@ class Store:
     # --- passages -------------------------------------------------------------------------
     def replace_passages(self, doc_rowids: Sequence[int], spans: Sequence[Sequence[tuple[int, int]]],
                          build: str, tables: Tables = SERVED) -> list[int]:
-        """Store each document's passage spans (replacing old ones); return the vector ids."""
+        """Store each document's passage spans (replacing old ones); return the vector ids.
+
+        A first build marks its passages indexed as it writes them: no version is served
+        before its own, which its switch makes true (and updating a million rows then would
+        cost seconds).
+        """
         rows = [(passage_id(doc, o), doc, o, start, end)
                 for doc, doc_spans in zip(doc_rowids, spans, strict=True)
                 for o, (start, end) in enumerate(doc_spans)]
@@ -288,8 +294,8 @@ class Store:
             else:
                 conn.executemany("DELETE FROM passages WHERE doc = ?", [(d,) for d in doc_rowids])
                 conn.executemany("DELETE FROM pending WHERE doc = ?", [(d,) for d in doc_rowids])
-                conn.executemany('INSERT INTO passages(id, doc, ord, start, "end") '
-                                 "VALUES (?, ?, ?, ?, ?)", rows)
+                conn.executemany('INSERT INTO passages(id, doc, ord, start, "end", indexed) '
+                                 "VALUES (?, ?, ?, ?, ?, 1)", rows)
         return [r[0] for r in rows]
 
     def one_passage_each(self, build: str, tables: Tables = SERVED) -> None:
@@ -305,8 +311,8 @@ class Store:
             conn.execute("DELETE FROM passages WHERE ord > 0 AND doc IN "
                          "(SELECT rowid FROM documents WHERE build = ?)", (build,))
             conn.execute(
-                'INSERT OR REPLACE INTO passages(id, doc, ord, start, "end") '
-                f"SELECT rowid << {PASSAGE_BITS}, rowid, 0, 0, 0 FROM documents WHERE build = ?",
+                'INSERT OR REPLACE INTO passages(id, doc, ord, start, "end", indexed) '
+                f"SELECT rowid << {PASSAGE_BITS}, rowid, 0, 0, 0, 1 FROM documents WHERE build = ?",
                 (build,))
 
     def passage_spans(self, vector_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
@@ -345,7 +351,7 @@ class Store:
 
     # --- builds ---------------------------------------------------------------------------
     def start_build(self, build: str, fingerprint: str, source: str, model_id: str | None,
-                    direct: bool) -> tuple[bool, int]:
+                    first: bool) -> tuple[bool, int]:
         """Record a build as running; a rerun keeps the mode and start of its first run.
 
         Returns:
@@ -360,13 +366,17 @@ class Store:
                 # resuming a build that died keeps its mode; running a finished one again does not
                 "direct = iif(builds.status = 'done', excluded.direct, builds.direct), "
                 "started_seq = iif(builds.status = 'done', excluded.started_seq, builds.started_seq)",
-                (build, fingerprint, source, model_id, time.time(), int(direct)))
+                (build, fingerprint, source, model_id, time.time(), int(first)))
             # builds that died and were not run again: their staged rows will never be applied
             dead = "SELECT id FROM builds WHERE status = 'running' AND id <> ?"
             conn.execute(f"DELETE FROM staged_documents WHERE build IN ({dead})", (build,))
             conn.execute(f"DELETE FROM staged_passages WHERE build IN ({dead})", (build,))
             direct, started = conn.execute("SELECT direct, started_seq FROM builds WHERE id = ?",
                                            (build,)).fetchone()
+            if direct and not first and self.get_meta("incomplete_build") != build:
+                # another build was served since this one died: it must stage like any rebuild
+                direct = 0
+                conn.execute("UPDATE builds SET direct = 0 WHERE id = ?", (build,))
             if direct:
                 self.set_meta(conn, incomplete_build=build)
         return bool(direct), started

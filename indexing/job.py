@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -152,7 +153,8 @@ class BuildJob:
         self.options = options
         self.source = source if source is not None else options.vectors
         self.progress = progress or (lambda n: None)
-        self.paths, self.store = open_store(settings.collections_dir, collection, create=True)
+        self.paths, self.store = open_store(settings.collections_dir, collection, create=True,
+                                            durable=False)
         default_chunk = VECTOR_CHUNK_ROWS if options.vectors is not None else settings.chunk_size
         self.chunk_size = options.chunk_size or default_chunk
         if executor is None:
@@ -335,7 +337,8 @@ class BuildJob:
         """Embeddings made elsewhere: the chunks with their ids, and the index trained on them.
 
         The documents are stored in a second thread while FAISS trains: training needs no
-        ids, and SQLite and FAISS both run outside the GIL.
+        ids, and SQLite and FAISS both run outside the GIL. The same thread then copies a
+        ``.npy`` the user owns into the build's folder, for the version to keep.
         """
         chunks, issues = usable_rows(checked)
         self._handle_issues(issues, report, scope="")
@@ -344,11 +347,17 @@ class BuildJob:
         from indexing.build import train_index
 
         o = self.options
+        source = chunks[0].vectors_path
         with ThreadPoolExecutor(1) as pool:
             stored = pool.submit(self._store_vector_documents, build_id, checked, chunks,
                                  report)
+            copied = None if source.is_relative_to(self.paths.builds) else pool.submit(
+                # flushed only before the switch: by then the kernel has written most of it
+                shutil.copyfile, source, self.paths.builds / build_id / "input.npy")
             trained = train_index(chunks, self.dim, index=o.index, memory_budget=o.memory_budget,
                                   target_recall=o.target_recall)
+            if copied is not None:
+                copied.result()
             return stored.result(), trained
 
     def _store_vector_documents(self, build_id: str, checked: CheckedVectors,
@@ -432,7 +441,7 @@ class BuildJob:
                                           memory_budget=o.memory_budget,
                                           target_recall=o.target_recall, shards=o.shards,
                                           trained=trained),
-                            "store": self._keep_vectors(folder, chunks)},
+                            "store": self._keep_vectors(folder, chunks, build_id)},
             manifest,
         )
         if o.switch:
@@ -452,7 +461,8 @@ class BuildJob:
                 "target_recall": o.target_recall, "shards": o.shards,
                 "keep_versions": o.keep_versions}
 
-    def _keep_vectors(self, folder: Path, chunks: list[VectorChunk]) -> list[dict[str, Any]]:
+    def _keep_vectors(self, folder: Path, chunks: list[VectorChunk],
+                      build_id: str) -> list[dict[str, Any]]:
         """The version's full-precision vectors: the chunk files linked in, or the input's."""
         if self.options.vectors is None:
             return [adopt(folder, f"chunk-{c.number:08d}", c.vectors_path, c.ids_path).describe()
@@ -461,8 +471,15 @@ class BuildJob:
         ids = np.full(len(np.load(source, mmap_mode="r", allow_pickle=False)), -1, np.int64)
         for chunk in chunks:
             ids[chunk.rows()] = chunk.ids
-        mine = source.is_relative_to(self.paths.builds)  # else the user's file: copy it
-        return [adopt(folder, "input", source, ids=ids, copy=not mine).describe()]
+        copy = self.paths.builds / build_id / "input.npy"  # of the user's file
+        if copy.exists():
+            fsync_file(copy)  # a version's files must outlive a power cut
+        return [adopt(folder, "input", copy if copy.exists() else source, ids=ids).describe()]
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 @contextmanager

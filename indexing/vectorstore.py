@@ -95,23 +95,19 @@ def write_segment(folder: Path, name: str, ids: np.ndarray, vectors: np.ndarray)
 
 
 def adopt(folder: Path, name: str, vectors_path: Path, ids_path: Path | None = None,
-          ids: np.ndarray | None = None, copy: bool = False) -> Segment:
+          ids: np.ndarray | None = None) -> Segment:
     """Files a build already wrote, linked into the version as segment ``name``.
 
     Args:
         folder: the version being written.
         name: the segment's name.
-        vectors_path: the (n, dim) float32 ``.npy`` to keep.
+        vectors_path: the (n, dim) float32 ``.npy`` to keep (never a file the user owns: a
+            link would change with it).
         ids_path: its ids ``.npy``, linked too; or None with ``ids``.
         ids: (n,) ids written as a new file; rows whose id is -1 (not indexed) are dead.
-        copy: copy the vectors instead of linking them (a file the user owns and may change).
     """
     segment = Segment(folder, 0, f"{FOLDER}/{name}.ids.npy", f"{FOLDER}/{name}.vectors.npy")
-    if copy:
-        segment.vectors_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(vectors_path, segment.vectors_path)
-    else:
-        link(vectors_path, segment.vectors_path)
+    link(vectors_path, segment.vectors_path)
     if ids is None:
         assert ids_path is not None
         link(ids_path, segment.ids_path)

@@ -79,44 +79,56 @@ def switch_version(store: Store, number: int | None, model_id: str | None,
     """
     with store.write() as conn:
         seq = store.next_seq(conn)
+        previous = store.get_meta("current_version")
         model_changed = store.get_meta("model_id") not in (None, model_id)
         stale: list[int] = []
         if build is not None:
             direct = conn.execute("SELECT direct FROM builds WHERE id = ?", (build,)).fetchone()
-            if direct is None or direct[0]:
+            if direct is None or direct[0]:  # a first build: its documents are served already
                 stale = _rewritten_since(conn, started_seq, version_ids)
             else:
-                stale = _apply_staged(conn, build, seq)
-            removed = "SELECT rowid FROM documents WHERE build IS NOT NULL AND build <> ?"
-            conn.execute(f"DELETE FROM passages WHERE doc IN ({removed})", (build,))
-            conn.execute(f"DELETE FROM pending WHERE doc IN ({removed})", (build,))
-            conn.execute("DELETE FROM documents WHERE build IS NOT NULL AND build <> ?", (build,))
-        ours = "SELECT rowid FROM documents WHERE build = ?"
-        if model_changed:  # their vectors are of the old model: embed them again
-            conn.execute("INSERT OR REPLACE INTO pending(doc, seq) SELECT DISTINCT doc, ? FROM "
-                         f"passages WHERE doc NOT IN ({ours})", (seq, build))
-            conn.execute(f"DELETE FROM passages WHERE doc NOT IN ({ours})", (build,))
-        # what the new version does not hold: the fresh segment, where a vector is kept
-        conn.execute("INSERT OR REPLACE INTO pending(doc, seq) SELECT DISTINCT doc, ? FROM passages "
-                     f"WHERE indexed = 1 AND vector IS NULL AND doc NOT IN ({ours})", (seq, build))
-        conn.execute("DELETE FROM passages WHERE indexed = 1 AND vector IS NULL AND doc NOT IN "
-                     f"({ours})", (build,))
-        conn.execute(f"UPDATE passages SET indexed = 0 WHERE indexed = 1 AND doc NOT IN ({ours})",
-                     (build,))
-        if number is not None and build is not None:
-            conn.execute(f"UPDATE passages SET indexed = 1 WHERE doc IN ({ours})", (build,))
+                stale = _apply_staged(conn, build, seq, indexed=number is not None)
+                _drop_other_builds(conn, build)
+            if previous is not None or model_changed:
+                _demote_the_rest(conn, build, seq, model_changed)
         conn.execute("DELETE FROM tombstones")
         conn.executemany("INSERT OR REPLACE INTO tombstones(vid, seq) VALUES (?, ?)",
                          [(vid, seq) for vid in stale])
-        done = {"incomplete_build": None} if store.get_meta("incomplete_build") == build else {}
+        finished = {"incomplete_build": None} if build is not None else {}
         store.set_meta(conn, current_version=number, model_id=model_id,
-                       weights_sha256=weights_sha256, **done)
+                       weights_sha256=weights_sha256, **finished)
         conn.execute("INSERT INTO changes(seq, doc, id, op) VALUES (?, 0, ?, 'switch')",
                      (seq, build or str(number)))
     log.info("switched to %s", f"index version {number}" if number else "lexical only")
 
 
-def _apply_staged(conn: sqlite3.Connection, build: str, seq: int) -> list[int]:
+def _drop_other_builds(conn: sqlite3.Connection, build: str) -> None:
+    """Remove what earlier builds wrote and this one's input no longer holds (documents
+    written through the API have no build and stay)."""
+    removed = "SELECT rowid FROM documents WHERE build IS NOT NULL AND build <> ?"
+    conn.execute(f"DELETE FROM passages WHERE doc IN ({removed})", (build,))
+    conn.execute(f"DELETE FROM pending WHERE doc IN ({removed})", (build,))
+    conn.execute("DELETE FROM documents WHERE build IS NOT NULL AND build <> ?", (build,))
+
+
+def _demote_the_rest(conn: sqlite3.Connection, build: str, seq: int, model_changed: bool) -> None:
+    """Passages of documents the build did not write leave the index: their vectors become
+    the fresh segment again, or, made by another model or kept nowhere, are embedded again."""
+    ours = "SELECT rowid FROM documents WHERE build = ?"
+    if model_changed:
+        conn.execute("INSERT OR REPLACE INTO pending(doc, seq) SELECT DISTINCT doc, ? FROM "
+                     f"passages WHERE doc NOT IN ({ours})", (seq, build))
+        conn.execute(f"DELETE FROM passages WHERE doc NOT IN ({ours})", (build,))
+        return
+    conn.execute("INSERT OR REPLACE INTO pending(doc, seq) SELECT DISTINCT doc, ? FROM passages "
+                 f"WHERE indexed = 1 AND vector IS NULL AND doc NOT IN ({ours})", (seq, build))
+    conn.execute("DELETE FROM passages WHERE indexed = 1 AND vector IS NULL AND doc NOT IN "
+                 f"({ours})", (build,))
+    conn.execute(f"UPDATE passages SET indexed = 0 WHERE indexed = 1 AND doc NOT IN ({ours})",
+                 (build,))
+
+
+def _apply_staged(conn: sqlite3.Connection, build: str, seq: int, indexed: bool) -> list[int]:
     """Move a staged build's documents and passages into the served tables.
 
     Returns:
@@ -137,8 +149,8 @@ def _apply_staged(conn: sqlite3.Connection, build: str, seq: int) -> list[int]:
     conn.execute("DELETE FROM passages WHERE doc IN temp.applied")
     conn.execute("DELETE FROM pending WHERE doc IN temp.applied")
     conn.execute('INSERT INTO passages(id, doc, ord, start, "end", indexed, seq) SELECT id, doc, '
-                 "ord, start, \"end\", 0, ? FROM staged_passages WHERE build = ? AND doc IN "
-                 "temp.applied", (seq, build))
+                 "ord, start, \"end\", ?, ? FROM staged_passages WHERE build = ? AND doc IN "
+                 "temp.applied", (int(indexed), seq, build))
     stale = [r[0] for r in conn.execute(
         "SELECT id FROM staged_passages WHERE build = ? AND doc NOT IN temp.applied", (build,))]
     conn.execute("DELETE FROM staged_passages WHERE build = ?", (build,))

@@ -116,11 +116,14 @@ def test_ivf_keeps_its_base_then_is_updated_in_place_and_retuned(settings: Setti
     gone = [f"v{i}" for i in range(0, 6000, 100)]  # 1%: a minor compaction
     gone_rows = set(store.rowids(gone))
     delete_documents(store, gone)
+    searcher = local_searcher(settings, "v")
+    served = searcher.view().index
     minor = read_manifest(paths, compact(paths, store)["version"])
+    assert searcher.view().index.shards[0] is served.shards[0]  # the base is not loaded again
     assert (minor["compaction"], minor["count"], minor["deleted"]["count"]) == ("minor", 5940, 60)
     assert minor["shards"] == before["shards"]  # the same base files, linked
     assert minor["store"][0]["dead"]  # the carried-over vectors know which rows died
-    index = local_searcher(settings, "v").view().index
+    index = searcher.view().index
     _, found = index.search(vectors[:200], 10)
     assert not set((found >> PASSAGE_BITS).ravel().tolist()) & gone_rows
     own = np.array(store.rowids([f"v{i}" for i in range(1, 100)]))

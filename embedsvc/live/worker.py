@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from embedsvc.collection import CollectionError
+from embedsvc.collection import CollectionError, CollectionPaths, read_manifest
 from embedsvc.live import jobs
 from embedsvc.live.embedder import embed_pending
 from embedsvc.live.lease import process_identity, release, try_acquire
@@ -120,9 +120,11 @@ class LiveWorker:
         fresh = store.conn.execute("SELECT count(*) FROM passages WHERE indexed = 0 AND vector "
                                    "IS NOT NULL").fetchone()[0]
         dead = store.conn.execute("SELECT count(*) FROM tombstones").fetchone()[0]
-        indexed = store.conn.execute("SELECT count(*) FROM passages WHERE indexed = 1").fetchone()[0]
+        version = store.get_meta("current_version")
+        served = read_manifest(CollectionPaths(store.path.parent), version)["count"] \
+            if version is not None else 0
         if fresh >= self.settings.compact_fresh_vectors or \
-                (dead and dead >= self.settings.compact_deleted_ratio * (indexed + dead)):
+                (dead and dead >= self.settings.compact_deleted_ratio * served):
             job = jobs.submit(store, name, "compact")
             if job.state == jobs.QUEUED and job.attempts == 0:
                 log.info("%s: %d fresh vectors, %d deleted: compaction %s queued", name, fresh,

@@ -163,6 +163,15 @@ class _Not(faiss.IDSelectorNot):
         self.inner = inner
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    """(device, inode): the same file under any name (links share it); (0, 0) if missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, 0)
+    return (stat.st_dev, stat.st_ino)
+
+
 def load_deleted(folder: Path, meta: dict[str, Any] | None) -> np.ndarray:
     """The sorted ids a version's base shards still hold but that are dead in it."""
     if not meta:
@@ -196,14 +205,20 @@ class DenseIndex:
         self._base_only: dict[int, tuple[IdFilter | None, IdFilter | None]] = {}
 
     @classmethod
-    def load(cls, folder: Path, mmap: bool = True) -> DenseIndex:
-        """Load a version, refusing any file that does not match the manifest."""
+    def load(cls, folder: Path, mmap: bool = True, previous: DenseIndex | None = None) -> DenseIndex:
+        """Load a version, refusing any file that does not match the manifest.
+
+        Shards that are the very files of ``previous`` (a minor compaction links them) are
+        taken from it as they are: verified and loaded once, shared by both versions.
+        """
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():
             raise IndexLoadError(f"{manifest_path} is missing")
         manifest = read_json(manifest_path)
         dim = int(manifest["dim"])
-        shards = [load_verified_shard(folder / meta["file"], meta, dim, mmap)
+        known = previous.loaded_files() if previous is not None else {}
+        shards = [known.get(_identity(folder / meta["file"]))
+                  or load_verified_shard(folder / meta["file"], meta, dim, mmap)
                   for meta in manifest["shards"]]
         params = manifest.get("search_params") or ""
         if params:
@@ -214,6 +229,13 @@ class DenseIndex:
         return cls(folder, manifest, shards,
                    load_verified_shard(folder / delta["file"], delta, dim, mmap) if delta else None,
                    load_deleted(folder, manifest.get("deleted")))
+
+    def loaded_files(self) -> dict[tuple[int, int], faiss.Index]:
+        """This version's base shards by the identity of their files (those still on disk)."""
+        files = {_identity(self.folder / meta["file"]): shard
+                 for meta, shard in zip(self.manifest["shards"], self.shards, strict=True)}
+        files.pop((0, 0), None)
+        return files
 
     @property
     def model_id(self) -> str:

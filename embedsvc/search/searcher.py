@@ -139,7 +139,7 @@ class Searcher:
         if wanted is None or self._failed_version == wanted:
             return held if wanted is not None else None
         try:
-            index = DenseIndex.load(self.paths.version_dir(wanted))
+            index = DenseIndex.load(self.paths.version_dir(wanted), previous=held)
             log.info("%s: serving index version %s", self.paths.name, wanted)
             return index
         except IndexLoadError as exc:
