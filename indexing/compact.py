@@ -37,7 +37,7 @@ from indexing.build import build_index, update_index, working_bytes
 from indexing.errors import BuildError
 from indexing.job import build_lock
 from indexing.layouts import choose_layout
-from indexing.vectorstore import Segment, carry_over, link, segments, write_segment
+from indexing.vectorstore import Segment, carry_over, link, segments, unusable, write_segment
 from indexing.versions import prune_versions, write_version
 
 log = logging.getLogger(__name__)
@@ -166,21 +166,32 @@ def _fill(folder: Path, paths: CollectionPaths, snap: Snapshot) -> dict[str, Any
         if fields is None and snap.manifest.get("kind") in _UPDATABLE:
             base = [faiss.read_index(str(parent / s["file"])) for s in snap.manifest["shards"]]
             add_ids, add_vectors = changes.added(snap)
-            tune = store if store is not None and choice.kind != "flat" else None
+            tune = store if choice.kind != "flat" and _readable(store) else None
             fields = update_index(base, snap.manifest, choice, folder, remove=changes.deleted,
                                   add_ids=add_ids, add_vectors=add_vectors, chunks=tune,
                                   target_recall=target)
     if fields is None:
-        if store is None:
+        if store is None or not _readable(store):
+            why = unusable(store) if store is not None else \
+                f"version {snap.version} was built before versions kept their vectors"
             raise BuildError(
-                f"version {snap.version} of '{paths.name}' was built before versions kept their "
-                f"vectors, and this compaction must build its index anew "
-                f"({snap.manifest['layout'] if snap.manifest else '-'} → {choice.factory}): rebuild "
-                f"it once with `embedsvc index build {paths.name}`")
+                f"{why}, and this compaction of '{paths.name}' must build its index anew "
+                f"({snap.manifest['layout'] if snap.manifest else '-'} → {choice.factory}): "
+                f"rebuild it once with `embedsvc index build {paths.name}`")
         fields = build_index(store, dim, folder, index=options.get("index") or "auto",
                              memory_budget=options.get("memory_budget"), target_recall=target,
                              shards=options.get("shards"))
     return {**fields, "store": [s.describe() for s in store] if store is not None else None}
+
+
+def _readable(store: list[Segment] | None) -> bool:
+    """Whether the stored vectors can be read (an input a version refers to may have changed)."""
+    if store is None:
+        return False
+    reason = unusable(store)
+    if reason:
+        log.warning("%s: the index is updated without the stored vectors", reason)
+    return reason is None
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -163,6 +162,7 @@ class BuildJob:
             executor = LocalExecutor()
         self.executor = executor
         self.tables: Tables = SERVED  # STAGED once a collection is served: see run()
+        self.vectors_sha: str | None = None  # of a --vectors .npy, once hashed
         model = options.model or self.store.get_meta("model_id") or settings.default_model
         self.model_name = None if options.lexical_only else model
         self.spec = resolve_model(self.model_name, settings.models_dir) if self.model_name else None
@@ -205,7 +205,8 @@ class BuildJob:
         if self.options.vectors is None:
             return sha256_file(resolve_input(self.source))
         ids = self.options.ids or default_ids_path(self.options.vectors)
-        parts = [sha256_file(self.options.vectors)] + ([sha256_file(ids)] if ids.exists() else [])
+        self.vectors_sha = sha256_file(self.options.vectors)
+        parts = [self.vectors_sha] + ([sha256_file(ids)] if ids.exists() else [])
         return hashlib.sha256("".join(parts).encode()).hexdigest()
 
     def check_layout(self) -> None:
@@ -337,8 +338,7 @@ class BuildJob:
         """Embeddings made elsewhere: the chunks with their ids, and the index trained on them.
 
         The documents are stored in a second thread while FAISS trains: training needs no
-        ids, and SQLite and FAISS both run outside the GIL. The same thread then copies a
-        ``.npy`` the user owns into the build's folder, for the version to keep.
+        ids, and SQLite and FAISS both run outside the GIL.
         """
         chunks, issues = usable_rows(checked)
         self._handle_issues(issues, report, scope="")
@@ -347,17 +347,11 @@ class BuildJob:
         from indexing.build import train_index
 
         o = self.options
-        source = chunks[0].vectors_path
         with ThreadPoolExecutor(1) as pool:
             stored = pool.submit(self._store_vector_documents, build_id, checked, chunks,
                                  report)
-            copied = None if source.is_relative_to(self.paths.builds) else pool.submit(
-                # flushed only before the switch: by then the kernel has written most of it
-                shutil.copyfile, source, self.paths.builds / build_id / "input.npy")
             trained = train_index(chunks, self.dim, index=o.index, memory_budget=o.memory_budget,
                                   target_recall=o.target_recall)
-            if copied is not None:
-                copied.result()
             return stored.result(), trained
 
     def _store_vector_documents(self, build_id: str, checked: CheckedVectors,
@@ -471,15 +465,10 @@ class BuildJob:
         ids = np.full(len(np.load(source, mmap_mode="r", allow_pickle=False)), -1, np.int64)
         for chunk in chunks:
             ids[chunk.rows()] = chunk.ids
-        copy = self.paths.builds / build_id / "input.npy"  # of the user's file
-        if copy.exists():
-            fsync_file(copy)  # a version's files must outlive a power cut
-        return [adopt(folder, "input", copy if copy.exists() else source, ids=ids).describe()]
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+        if source.is_relative_to(self.paths.builds):  # normalised into the build's folder
+            return [adopt(folder, "input", source, ids=ids).describe()]
+        user = {"sha256": self.vectors_sha, "size": source.stat().st_size}
+        return [adopt(folder, "input", source, ids=ids, source=user).describe()]
 
 
 @contextmanager

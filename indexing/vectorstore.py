@@ -9,7 +9,9 @@ each segment that are dead in that version (deleted or replaced documents).
 Versions share segment files through hard links: a compaction links its parent's
 segments, marks the rows its tombstones kill as dead and adds the fresh vectors as one new
 segment, so it writes only what changed. Segment files are never modified once written,
-and a link keeps a file alive when the version that wrote it is pruned.
+and a link keeps a file alive when the version that wrote it is pruned. One exception: a
+``.npy`` of unit vectors that ``index build --vectors`` read in place stays where the user
+keeps it; the version refers to it with its checksum and uses it only while it matches.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from embedsvc.files import atomic_write
+from embedsvc.files import atomic_write, sha256_file
 
 FOLDER = "vectors"
 
@@ -37,6 +39,9 @@ class Segment:
     ids_file: str
     vectors_file: str
     dead_file: str | None = None
+    # vectors a build read in place from the user's .npy: referred to, not copied (copying
+    # 1.5GB beside training cost a --vectors build 15%); checked before any use
+    source: dict[str, Any] | None = None
 
     @property
     def ids_path(self) -> Path:
@@ -44,7 +49,18 @@ class Segment:
 
     @property
     def vectors_path(self) -> Path:
-        return self.folder / self.vectors_file
+        return Path(self.source["path"]) if self.source else self.folder / self.vectors_file
+
+    def changed(self) -> str | None:
+        """Why the vectors of an external segment can no longer be used, if they cannot."""
+        if not self.source:
+            return None
+        path = self.vectors_path
+        if not path.is_file() or path.stat().st_size != self.source["size"] \
+                or sha256_file(path) != self.source["sha256"]:
+            return (f"{path}, which holds the vectors this version was built from, is gone or "
+                    "changed since")
+        return None
 
     def dead_rows(self) -> np.ndarray:
         if self.dead_file is None:
@@ -63,7 +79,8 @@ class Segment:
         return ids[alive], vectors[alive]
 
     def describe(self) -> dict[str, Any]:
-        return {"ids": self.ids_file, "vectors": self.vectors_file, "dead": self.dead_file}
+        return {"ids": self.ids_file, "vectors": self.vectors_file, "dead": self.dead_file,
+                **({"source": self.source} if self.source else {})}
 
 
 def segments(folder: Path, manifest: dict[str, Any]) -> list[Segment] | None:
@@ -71,8 +88,13 @@ def segments(folder: Path, manifest: dict[str, Any]) -> list[Segment] | None:
     entries = manifest.get("store")
     if entries is None:
         return None
-    return [Segment(folder, n, e["ids"], e["vectors"], e.get("dead"))
+    return [Segment(folder, n, e["ids"], e["vectors"], e.get("dead"), e.get("source"))
             for n, e in enumerate(entries)]
+
+
+def unusable(store: list[Segment]) -> str | None:
+    """Why the store cannot be read (an input it refers to changed), or None."""
+    return next((reason for reason in map(Segment.changed, store) if reason), None)
 
 
 def link(source: Path, target: Path) -> None:
@@ -95,19 +117,22 @@ def write_segment(folder: Path, name: str, ids: np.ndarray, vectors: np.ndarray)
 
 
 def adopt(folder: Path, name: str, vectors_path: Path, ids_path: Path | None = None,
-          ids: np.ndarray | None = None) -> Segment:
+          ids: np.ndarray | None = None, source: dict[str, Any] | None = None) -> Segment:
     """Files a build already wrote, linked into the version as segment ``name``.
 
     Args:
         folder: the version being written.
         name: the segment's name.
-        vectors_path: the (n, dim) float32 ``.npy`` to keep (never a file the user owns: a
-            link would change with it).
+        vectors_path: the (n, dim) float32 ``.npy`` to keep.
         ids_path: its ids ``.npy``, linked too; or None with ``ids``.
         ids: (n,) ids written as a new file; rows whose id is -1 (not indexed) are dead.
+        source: instead of linking ``vectors_path``, refer to it: a file the user owns,
+            recorded with its ``sha256`` and ``size`` (see :attr:`Segment.source`).
     """
-    segment = Segment(folder, 0, f"{FOLDER}/{name}.ids.npy", f"{FOLDER}/{name}.vectors.npy")
-    link(vectors_path, segment.vectors_path)
+    segment = Segment(folder, 0, f"{FOLDER}/{name}.ids.npy", f"{FOLDER}/{name}.vectors.npy",
+                      source={"path": str(vectors_path.resolve()), **source} if source else None)
+    if source is None:
+        link(vectors_path, segment.vectors_path)
     if ids is None:
         assert ids_path is not None
         link(ids_path, segment.ids_path)
@@ -125,7 +150,8 @@ def mark_dead(segment: Segment, rows: np.ndarray) -> Segment:
     dead_file = f"{FOLDER}/{name}"
     with atomic_write(segment.folder / dead_file) as fh:
         np.save(fh, dead, allow_pickle=False)
-    return Segment(segment.folder, segment.number, segment.ids_file, segment.vectors_file, dead_file)
+    return Segment(segment.folder, segment.number, segment.ids_file, segment.vectors_file, dead_file,
+                   segment.source)
 
 
 def carry_over(parent: Sequence[Segment], folder: Path, killed: np.ndarray) -> list[Segment]:
@@ -138,8 +164,9 @@ def carry_over(parent: Sequence[Segment], folder: Path, killed: np.ndarray) -> l
     for segment in parent:
         ids_file, vectors_file = segment.ids_file, segment.vectors_file
         link(segment.ids_path, folder / ids_file)
-        link(segment.vectors_path, folder / vectors_file)
-        linked = Segment(folder, segment.number, ids_file, vectors_file)
+        if not segment.source:
+            link(segment.vectors_path, folder / vectors_file)
+        linked = Segment(folder, segment.number, ids_file, vectors_file, source=segment.source)
         ids = np.load(segment.ids_path, mmap_mode="r", allow_pickle=False)
         dead = np.union1d(segment.dead_rows(), np.flatnonzero(np.isin(ids, killed)))
         out.append(mark_dead(linked, dead) if len(dead) else linked)

@@ -113,6 +113,7 @@ def test_ivf_keeps_its_base_then_is_updated_in_place_and_retuned(settings: Setti
     paths, store = open_store(settings.collections_dir, "v")
     before = read_manifest(paths, 1)
     assert before["kind"] == "ivf" and before["store"][0]["dead"] is None
+    assert before["store"][0]["source"]["path"] == str(tmp_path / "v.npy")  # referred to
     gone = [f"v{i}" for i in range(0, 6000, 100)]  # 1%: a minor compaction
     gone_rows = set(store.rowids(gone))
     delete_documents(store, gone)
@@ -150,8 +151,18 @@ def test_hnsw_is_rebuilt_from_the_stored_vectors(settings: Settings, tmp_path: P
     assert (manifest["kind"], manifest["count"], manifest.get("deleted")) == ("hnsw", 2500, None)
     assert manifest["phase_seconds"].get("train") is not None  # built afresh from the store
     assert check_collection(paths, store, settings.models_dir) == []
-    # a version written before stores existed cannot be rebuilt: build it once from its input
+    # the vectors came from the user's .npy, which the versions refer to: once it changes,
+    # nothing can be rebuilt from it
     delete_documents(store, [f"v{i}" for i in range(500, 1000)])
+    np.save(tmp_path / "v.npy", unit_vectors(np.random.default_rng(9), 3000))
+    with pytest.raises(BuildError, match="v.npy, which holds the vectors .* changed since"):
+        compact(paths, store)
+    vectors_collection(settings, tmp_path, 3000, "hnsw")  # built again from the same input
+    delete_documents(store, [f"v{i}" for i in range(500, 1000)])
+    result = compact(paths, store)
+    manifest = read_manifest(paths, result["version"])
+    # a version written before stores existed cannot be rebuilt: build it once from its input
+    delete_documents(store, [f"v{i}" for i in range(1000, 1500)])
     path = paths.version_dir(result["version"]) / "manifest.json"
     path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "store"}))
     with pytest.raises(BuildError, match="rebuild it once with `embedsvc index build v`"):
