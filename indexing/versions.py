@@ -84,7 +84,7 @@ def switch_version(store: Store, number: int | None, model_id: str | None,
         stale: list[int] = []
         if build is not None:
             direct = conn.execute("SELECT direct FROM builds WHERE id = ?", (build,)).fetchone()
-            if direct is None or direct[0]:  # a first build: its documents are served already
+            if direct is not None and direct[0]:  # a first build: its documents are served already
                 stale = _rewritten_since(conn, started_seq, version_ids)
             else:
                 stale = _apply_staged(conn, build, seq, indexed=number is not None)
