@@ -30,6 +30,7 @@ import numpy as np
 
 from embedsvc.collection import CollectionPaths, read_manifest
 from embedsvc.files import atomic_write, sha256_file, write_atomic_with
+from embedsvc.live.writes import trim_changes
 from embedsvc.search.dense import load_deleted, load_verified_shard
 from embedsvc.search.fresh import state_numbers
 from embedsvc.store import Store
@@ -292,16 +293,8 @@ def fold(store: Store, snap: Snapshot, number: int | None) -> None:
         conn.execute("INSERT OR REPLACE INTO tombstones(vid, seq) SELECT f.vid, ? FROM temp.folded f "
                      "WHERE NOT EXISTS (SELECT 1 FROM passages p WHERE p.id = f.vid AND "
                      "p.seq = f.seq AND p.indexed = 1)", (seq,))
-        floor = _changes_floor(conn, store.get_meta("compacted_seq", 0))
-        conn.execute("DELETE FROM changes WHERE seq <= ?", (floor,))
-        store.set_meta(conn, current_version=number, compacted_seq=snap.seq, changes_floor=floor,
+        trim_changes(store, conn, store.get_meta("compacted_seq", 0))  # one compaction's worth
+        store.set_meta(conn, current_version=number, compacted_seq=snap.seq,
                        compacted_at=time.time())
         conn.execute("INSERT INTO changes(seq, doc, id, op) VALUES (?, 0, ?, 'compact')",
                      (seq, str(number)))
-
-
-def _changes_floor(conn: Any, previous: int) -> int:
-    """Write numbers up to this one can leave the change log: one compaction's worth is kept,
-    and whatever a staged build still checks its documents against."""
-    staged = conn.execute("SELECT min(seen_seq) FROM staged_documents").fetchone()[0]
-    return min(previous, staged) if staged is not None else previous

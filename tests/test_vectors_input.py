@@ -213,8 +213,8 @@ def test_parquet_columns_become_metadata_that_filters_see(settings: Settings, tm
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from embedsvc.service import local_searcher
     from embedsvc.search.filters import compile_filter
+    from embedsvc.service import local_searcher
 
     rng = np.random.default_rng(1)
     vectors, ids = unit(rng, 200), [f"id{i}" for i in range(200)]

@@ -13,30 +13,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
+# The client's job is the server's too: one definition for both sides.
+from embedsvc.client import Job
 from embedsvc.store import Store
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 _COLUMNS = ("id, kind, state, phase, progress, error, result, attempts, created_at, "
             "started_at, finished_at")
-
-
-@dataclass
-class Job:
-    id: str
-    collection: str
-    kind: str
-    state: str
-    phase: str | None = None
-    progress: float = 0.0
-    error: str | None = None
-    result: dict[str, Any] = field(default_factory=dict)
-    attempts: int = 0
-    created_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
 
 
 def _job(collection: str, row: tuple[Any, ...]) -> Job:

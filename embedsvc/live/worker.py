@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from embedsvc.collection import CollectionError, CollectionPaths, read_manifest
 from embedsvc.live import jobs
 from embedsvc.live.embedder import embed_pending
 from embedsvc.live.lease import process_identity, release, try_acquire
+from embedsvc.live.writes import trim_changes
 from embedsvc.settings import Settings
 from embedsvc.store import Store
 
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 
 # Seconds between looks at the database for work another process queued.
 _POLL = 0.25
+# Seconds before the server starts a compaction again by itself after one failed.
+_RETRY_FAILED = 60.0
+# The change log keeps the last this many writes (a compaction also drops what it folded).
+CHANGES_KEPT = 100_000
+_TRIM_EVERY = 60.0
 
 
 class LiveWorker:
@@ -69,9 +76,6 @@ class LiveWorker:
         """A document was written: embed it now rather than at the next poll."""
         self._wake.set()
 
-    def leads(self, name: str) -> bool:
-        return name in self._led
-
     # --- the threads -----------------------------------------------------------------------
     def _keep_leases(self) -> None:
         period = self.settings.lease_seconds / 3
@@ -107,13 +111,24 @@ class LiveWorker:
                              self.settings.embed_batch_documents)
 
     def _job_loop(self) -> None:
+        trimmed = time.monotonic()
         while not self._stop.is_set():
             stores = self.stores()
+            trim = time.monotonic() - trimmed > _TRIM_EVERY
             for name in list(self._led):
                 if name in stores:
                     self._quietly(name, self._maybe_compact, name, stores[name])
                     self._quietly(name, self._run_jobs, name, stores[name])
+                    if trim:
+                        self._quietly(name, self._trim, stores[name])
+            trimmed = time.monotonic() if trim else trimmed
             self._stop.wait(_POLL * 2)
+
+    @staticmethod
+    def _trim(store: Store) -> None:
+        """Keep the change log to its last :data:`CHANGES_KEPT` writes."""
+        with store.write() as conn:
+            trim_changes(store, conn, store.get_meta("seq", 0) - CHANGES_KEPT)
 
     def _maybe_compact(self, name: str, store: Store) -> None:
         """Queue a compaction when the fresh segment or the deleted share is past its setting."""
@@ -125,6 +140,10 @@ class LiveWorker:
             if version is not None else 0
         if fresh >= self.settings.compact_fresh_vectors or \
                 (dead and dead >= self.settings.compact_deleted_ratio * served):
+            last = jobs.recent(store, name, 1)
+            if last and last[0].state == jobs.FAILED and \
+                    time.time() - (last[0].finished_at or 0) < _RETRY_FAILED:
+                return  # e.g. a build holds the collection: try again later, not every poll
             job = jobs.submit(store, name, "compact")
             if job.state == jobs.QUEUED and job.attempts == 0:
                 log.info("%s: %d fresh vectors, %d deleted: compaction %s queued", name, fresh,
