@@ -158,6 +158,7 @@ def _create_schema(path: Path) -> None:
         CREATE TABLE IF NOT EXISTS tombstones (vid INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
         CREATE INDEX IF NOT EXISTS idx_tombstones_seq ON tombstones(seq);
         CREATE TABLE IF NOT EXISTS pending (doc INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+        CREATE INDEX IF NOT EXISTS idx_pending_seq ON pending(seq, doc);
         CREATE TABLE IF NOT EXISTS changes (
             seq INTEGER NOT NULL, doc INTEGER NOT NULL, id TEXT NOT NULL, op TEXT NOT NULL);
         CREATE INDEX IF NOT EXISTS idx_changes_seq ON changes(seq);

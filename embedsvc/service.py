@@ -57,6 +57,7 @@ class Service:
         self.models = ModelPool(settings)
         self._searchers: dict[str, tuple[tuple[int, int], Searcher]] = {}
         self._lock = threading.Lock()
+        self._broken: set[str] = set()
         self.worker = LiveWorker(settings, self.stores, self.models.get)
 
     # --- collections ------------------------------------------------------------------------
@@ -95,6 +96,10 @@ class Service:
                 out[name] = self.store(name)
             except CollectionNotFound:
                 continue  # deleted since it was listed
+            except Exception:  # noqa: BLE001 - one broken collection must not stop the others
+                if name not in self._broken:  # said once, not at every poll
+                    self._broken.add(name)
+                    log.exception("%s: cannot be opened; its background work is skipped", name)
         return out
 
     def create(self, name: str, model: str | None, indexed_fields: Sequence[str],

@@ -292,8 +292,10 @@ class Store:
                 conn.executemany('INSERT INTO staged_passages(build, id, doc, ord, start, "end") '
                                  "VALUES (?, ?, ?, ?, ?, ?)", [(build, *r) for r in rows])
             else:
-                conn.executemany("DELETE FROM passages WHERE doc = ?", [(d,) for d in doc_rowids])
-                conn.executemany("DELETE FROM pending WHERE doc = ?", [(d,) for d in doc_rowids])
+                operand, params = in_list(doc_rowids)
+                self._log_rewritten(conn, f"doc IN {operand}", params)
+                conn.execute(f"DELETE FROM passages WHERE doc IN {operand}", params)
+                conn.execute(f"DELETE FROM pending WHERE doc IN {operand}", params)
                 conn.executemany('INSERT INTO passages(id, doc, ord, start, "end", indexed) '
                                  "VALUES (?, ?, ?, ?, ?, 1)", rows)
         return [r[0] for r in rows]
@@ -308,12 +310,28 @@ class Store:
                     f"SELECT build, rowid_ << {PASSAGE_BITS}, rowid_, 0, 0, 0 "
                     "FROM staged_documents WHERE build = ?", (build,))
                 return
-            conn.execute("DELETE FROM passages WHERE ord > 0 AND doc IN "
-                         "(SELECT rowid FROM documents WHERE build = ?)", (build,))
+            ours = "doc IN (SELECT rowid FROM documents WHERE build = ?)"
+            self._log_rewritten(conn, ours, (build,))
+            conn.execute(f"DELETE FROM passages WHERE ord > 0 AND {ours}", (build,))
+            conn.execute(f"DELETE FROM pending WHERE {ours}", (build,))
             conn.execute(
                 'INSERT OR REPLACE INTO passages(id, doc, ord, start, "end", indexed) '
                 f"SELECT rowid << {PASSAGE_BITS}, rowid, 0, 0, 0, 1 FROM documents WHERE build = ?",
                 (build,))
+
+    def _log_rewritten(self, conn: sqlite3.Connection, which: str, params: Sequence[Any]) -> None:
+        """A first build rewrites documents the API wrote meanwhile: log those that had fresh
+        vectors, so searchers drop the vectors at once (usually none: one indexed probe)."""
+        if conn.execute("SELECT 1 FROM passages WHERE indexed = 0 AND vector IS NOT NULL LIMIT 1"
+                        ).fetchone() is None:
+            return
+        docs = conn.execute("SELECT DISTINCT p.doc, d.id FROM passages p JOIN documents d ON "
+                            f"d.rowid = p.doc WHERE p.indexed = 0 AND p.vector IS NOT NULL AND "
+                            f"p.{which}", params).fetchall()
+        if docs:
+            seq = self.next_seq(conn)
+            conn.executemany("INSERT INTO changes(seq, doc, id, op) VALUES (?, ?, ?, 'upsert')",
+                             [(seq, doc, doc_id) for doc, doc_id in docs])
 
     def passage_spans(self, vector_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
         vector_ids = list(vector_ids)
@@ -352,34 +370,50 @@ class Store:
     # --- builds ---------------------------------------------------------------------------
     def start_build(self, build: str, fingerprint: str, source: str, model_id: str | None,
                     first: bool) -> tuple[bool, int]:
-        """Record a build as running; a rerun keeps the mode and start of its first run.
+        """Record a build as running; a build that died is resumed in the mode it ran in.
+
+        Builds that died and are not this one are abandoned: their staged rows will never be
+        applied. A build that is not resumed (new, finished before, abandoned, or whose mode
+        must change) forgets its recorded chunks, so every chunk is stored again.
+
+        Args:
+            first: nothing is served from the collection yet (write as it goes, unstaged).
 
         Returns:
             (True when the build writes into the served tables, the write number at its start).
         """
         with self.write() as conn:
+            row = conn.execute("SELECT status, direct, started_seq FROM builds WHERE id = ?",
+                               (build,)).fetchone()
+            dead = conn.execute("SELECT id FROM builds WHERE status = 'running' AND id <> ?",
+                                (build,)).fetchall()
+            for (other,) in dead:
+                self.drop_staged(conn, other, "abandoned")
+            resuming = row is not None and row[0] == "running"
+            if resuming and row[1] and not first and self.get_meta("incomplete_build") != build:
+                resuming = False  # another build was served since it died: it stages now
+            if not resuming:
+                conn.execute("DELETE FROM build_chunks WHERE build = ?", (build,))
+            direct = bool(row[1]) if resuming else first
+            started = row[2] if resuming else self.get_meta("seq", 0)
             conn.execute(
                 "INSERT INTO builds(id, fingerprint, input, model_id, status, started_at, direct, "
-                "started_seq) VALUES (?, ?, ?, ?, 'running', ?, ?, (SELECT CAST(value AS INTEGER) "
-                "FROM meta WHERE key = 'seq')) ON CONFLICT(id) DO UPDATE SET "
-                "status = 'running', started_at = excluded.started_at, "
-                # resuming a build that died keeps its mode; running a finished one again does not
-                "direct = iif(builds.status = 'done', excluded.direct, builds.direct), "
-                "started_seq = iif(builds.status = 'done', excluded.started_seq, builds.started_seq)",
-                (build, fingerprint, source, model_id, time.time(), int(first)))
-            # builds that died and were not run again: their staged rows will never be applied
-            dead = "SELECT id FROM builds WHERE status = 'running' AND id <> ?"
-            conn.execute(f"DELETE FROM staged_documents WHERE build IN ({dead})", (build,))
-            conn.execute(f"DELETE FROM staged_passages WHERE build IN ({dead})", (build,))
-            direct, started = conn.execute("SELECT direct, started_seq FROM builds WHERE id = ?",
-                                           (build,)).fetchone()
-            if direct and not first and self.get_meta("incomplete_build") != build:
-                # another build was served since this one died: it must stage like any rebuild
-                direct = 0
-                conn.execute("UPDATE builds SET direct = 0 WHERE id = ?", (build,))
+                "started_seq) VALUES (?, ?, ?, ?, 'running', ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "fingerprint = excluded.fingerprint, status = 'running', "
+                "started_at = excluded.started_at, direct = excluded.direct, "
+                "started_seq = excluded.started_seq",
+                (build, fingerprint, source, model_id, time.time(), int(direct), started))
             if direct:
                 self.set_meta(conn, incomplete_build=build)
-        return bool(direct), started
+        return direct, started
+
+    @staticmethod
+    def drop_staged(conn: sqlite3.Connection, build: str, status: str) -> None:
+        """Forget what a build staged and recorded, inside the caller's transaction."""
+        conn.execute("DELETE FROM staged_documents WHERE build = ?", (build,))
+        conn.execute("DELETE FROM staged_passages WHERE build = ?", (build,))
+        conn.execute("DELETE FROM build_chunks WHERE build = ?", (build,))
+        conn.execute("UPDATE builds SET status = ? WHERE id = ?", (status, build))
 
     def finish_build(self, build: str, documents: int, skipped: int) -> None:
         with self.write() as conn:

@@ -21,7 +21,8 @@ import numpy as np
 
 from embedsvc.collection import CollectionPaths
 from embedsvc.files import write_json
-from embedsvc.store import PASSAGE_BITS, Store
+from embedsvc.store import PASSAGE_BITS, Store, in_list
+from indexing.errors import BuildError
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,19 @@ def switch_version(store: Store, number: int | None, model_id: str | None,
         stale: list[int] = []
         if build is not None:
             direct = conn.execute("SELECT direct FROM builds WHERE id = ?", (build,)).fetchone()
-            if direct is not None and direct[0]:  # a first build: its documents are served already
+            if direct is None:  # documents written into the served tables by hand
+                _drop_other_builds(conn, build)
+            elif direct[0]:  # a first build: its documents are served already
                 stale = _rewritten_since(conn, started_seq, version_ids)
             else:
                 stale = _apply_staged(conn, build, seq, indexed=number is not None)
                 _drop_other_builds(conn, build)
-            if previous is not None or model_changed:
-                _demote_the_rest(conn, build, seq, model_changed)
+            if previous is not None or model_changed or model_id is None:
+                _demote_the_rest(conn, build, seq, model_changed, lexical=model_id is None)
+            # what other builds staged was read before this switch: it can never be applied
+            for (other,) in conn.execute("SELECT DISTINCT build FROM staged_documents WHERE "
+                                         "build <> ?", (build,)).fetchall():
+                store.drop_staged(conn, other, "superseded")
         conn.execute("DELETE FROM tombstones")
         conn.executemany("INSERT OR REPLACE INTO tombstones(vid, seq) VALUES (?, ?)",
                          [(vid, seq) for vid in stale])
@@ -111,13 +118,21 @@ def _drop_other_builds(conn: sqlite3.Connection, build: str) -> None:
     conn.execute("DELETE FROM documents WHERE build IS NOT NULL AND build <> ?", (build,))
 
 
-def _demote_the_rest(conn: sqlite3.Connection, build: str, seq: int, model_changed: bool) -> None:
+def _demote_the_rest(conn: sqlite3.Connection, build: str, seq: int, model_changed: bool,
+                     lexical: bool) -> None:
     """Passages of documents the build did not write leave the index: their vectors become
-    the fresh segment again, or, made by another model or kept nowhere, are embedded again."""
+    the fresh segment again, or, made by another model or kept nowhere, are embedded again
+    (not at all when the collection has become lexical only)."""
     ours = "SELECT rowid FROM documents WHERE build = ?"
-    if model_changed:
-        conn.execute("INSERT OR REPLACE INTO pending(doc, seq) SELECT DISTINCT doc, ? FROM "
-                     f"passages WHERE doc NOT IN ({ours})", (seq, build))
+    if model_changed or lexical:
+        if lexical:
+            conn.execute("DELETE FROM pending")
+        else:
+            conn.execute("INSERT OR REPLACE INTO pending(doc, seq) SELECT DISTINCT doc, ? FROM "
+                         f"passages WHERE doc NOT IN ({ours})", (seq, build))
+            # those still waiting were claimed for the old model: renumbered, an embedding in
+            # flight is thrown away (embed_pending stores only what it claimed)
+            conn.execute("UPDATE pending SET seq = ?", (seq,))
         conn.execute(f"DELETE FROM passages WHERE doc NOT IN ({ours})", (build,))
         return
     conn.execute("INSERT OR REPLACE INTO pending(doc, seq) SELECT DISTINCT doc, ? FROM passages "
@@ -137,9 +152,13 @@ def _apply_staged(conn: sqlite3.Connection, build: str, seq: int, indexed: bool)
     """
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS applied (doc INTEGER PRIMARY KEY)")
     conn.execute("DELETE FROM temp.applied")
+    if conn.execute("SELECT 1 FROM staged_documents WHERE build = ? LIMIT 1", (build,)).fetchone() \
+            is None:
+        raise BuildError(f"build {build} staged no documents that are still to be applied (another "
+                         "build was served after it): build it again")
     conn.execute("INSERT INTO temp.applied SELECT rowid_ FROM staged_documents s WHERE build = ? "
-                 "AND NOT EXISTS (SELECT 1 FROM changes c WHERE c.id = s.id AND c.seq > s.seen_seq)",
-                 (build,))
+                 "AND NOT EXISTS (SELECT 1 FROM changes c WHERE c.id = s.id AND c.seq > s.seen_seq "
+                 "AND c.op IN ('upsert', 'delete', 'meta'))", (build,))
     conn.execute(
         "INSERT INTO documents(rowid, id, title, text, metadata, line, text_sha, build) "
         "SELECT rowid_, id, title, text, metadata, line, text_sha, build FROM staged_documents "
@@ -160,14 +179,22 @@ def _apply_staged(conn: sqlite3.Connection, build: str, seq: int, indexed: bool)
 
 def _rewritten_since(conn: sqlite3.Connection, started_seq: int,
                      version_ids: np.ndarray | None) -> list[int]:
-    """Vector ids of a first build's version whose documents the API rewrote or deleted
-    while the build ran (the build wrote them into the served tables as it went)."""
+    """Vector ids of a first build's version whose passages the API rewrote or deleted while
+    the build ran (the build writes its documents into the served tables as it goes).
+
+    Only documents the change log names since the build began can be affected; of their ids
+    in the version, those without an indexed passage now are the version's tombstones.
+    """
     docs = [doc for (doc,) in conn.execute(
         "SELECT DISTINCT doc FROM changes WHERE seq > ? AND op IN ('upsert', 'delete')",
         (started_seq,))]
     if not docs or version_ids is None:
         return []
-    return version_ids[np.isin(version_ids >> PASSAGE_BITS, docs)].tolist()
+    candidates = version_ids[np.isin(version_ids >> PASSAGE_BITS, docs)]
+    operand, params = in_list(docs)
+    indexed = np.fromiter((r[0] for r in conn.execute(
+        f"SELECT id FROM passages WHERE indexed = 1 AND doc IN {operand}", params)), np.int64)
+    return candidates[~np.isin(candidates, indexed)].tolist()
 
 
 def prune_versions(paths: CollectionPaths, current: int | None, keep: int) -> list[int]:
@@ -179,3 +206,4 @@ def prune_versions(paths: CollectionPaths, current: int | None, keep: int) -> li
     for tmp in paths.versions.glob(".building-*") if paths.versions.is_dir() else []:
         shutil.rmtree(tmp, ignore_errors=True)
     return doomed
+

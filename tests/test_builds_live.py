@@ -180,3 +180,52 @@ def test_documents_from_an_upsert_and_a_first_build_share_the_collection(
     report = build(settings, write_jsonl(tmp_path / "a.jsonl", docs(10)))
     assert report.version == 1 and store.document("api") is not None
     assert store.conn.execute("SELECT count(*) FROM pending").fetchone()[0] == 1  # still to embed
+
+
+def test_a_first_build_and_api_writes_made_while_it_runs(settings: Settings, tmp_path: Path) -> None:
+    from embedsvc.collection import create_collection
+    from embedsvc.live.writes import delete_documents
+
+    create_collection(settings.collections_dir, "c", "all-MiniLM-L6-v2")
+    written: list[int] = []
+
+    def write_meanwhile(n: int) -> None:
+        if not written:  # the build has written d0-d9 (served: a first build), not d10-d19
+            written.append(n)
+            write(settings, "c", [("d3", "Giraffes eat acacia leaves."),
+                                  ("d15", "Written through the API before the build reached it.")])
+            delete_documents(open_store(settings.collections_dir, "c")[1], ["d4"])
+
+    BuildJob(settings, "c", write_jsonl(tmp_path / "a.jsonl", docs(20)), BuildOptions(chunk_size=10),
+             progress=write_meanwhile).run()
+    _, store = open_store(settings.collections_dir, "c")
+    assert store.document("d3").text == "Giraffes eat acacia leaves." and store.document("d4") is None
+    assert store.document("d15").text.startswith("Study 15")  # the build wrote it later
+    searcher = local_searcher(settings, "c")
+    assert searcher.search("giraffes feeding on leaves", 1, "dense").hits[0].id == "d3"
+    everything = {h.id for h in searcher.search("study", 30, "dense").hits}
+    assert everything == {f"d{i}" for i in range(20)} - {"d4"}  # d15 too: no stale tombstone
+    assert check_collection(*open_store(settings.collections_dir, "c"), settings.models_dir) == []
+
+
+def test_rebuilding_an_earlier_input_again_brings_its_documents_back(
+        settings: Settings, tmp_path: Path) -> None:
+    first, second = write_jsonl(tmp_path / "a.jsonl", docs(6)), write_jsonl(tmp_path / "b.jsonl",
+                                                                            docs(4, start=10))
+    for path, expected in ((first, 6), (second, 4), (first, 6)):
+        build(settings, path, lexical_only=True)
+        assert open_store(settings.collections_dir, "c")[1].count_documents() == expected
+
+
+def test_a_candidate_superseded_by_another_build_cannot_be_deployed(
+        settings: Settings, tmp_path: Path) -> None:
+    from indexing.versions import switch_version
+
+    build(settings, write_jsonl(tmp_path / "a.jsonl", docs(10)))
+    candidate = build(settings, write_jsonl(tmp_path / "b.jsonl", docs(12)), switch=False)
+    build(settings, write_jsonl(tmp_path / "c.jsonl", docs(8)))  # served after the candidate
+    _, store = open_store(settings.collections_dir, "c")
+    with pytest.raises(BuildError, match="build it again"):
+        switch_version(store, candidate.version, "all-MiniLM-L6-v2",
+                       build=candidate.manifest["build_id"])
+    assert store.count_documents() == 8 and store.get_meta("current_version") == 3

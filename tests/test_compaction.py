@@ -183,3 +183,31 @@ def test_a_compaction_never_switches_over_another_version(settings: Settings) ->
     with pytest.raises(BuildError, match="served version changed from 1 to None"):
         compact(paths, store, someone_switches)
     assert sorted(p.name for p in paths.versions.iterdir()) == ["0001"]  # its version is gone
+
+
+def test_a_filter_on_hnsw_with_a_delta_finds_what_only_the_delta_holds(
+        settings: Settings, tmp_path: Path) -> None:
+    from embedsvc.search.filters import compile_filter
+
+    vectors_collection(settings, tmp_path, 3000, "hnsw")
+    paths, store = open_store(settings.collections_dir, "v")
+    write(settings, "v", [("new", "Penguins huddle against the Antarctic cold.")])
+    result = compact(paths, store)
+    assert read_manifest(paths, result["version"])["delta"]["count"] == 1  # minor: in the delta
+    searcher = local_searcher(settings, "v")
+    only_new = compile_filter({"$or": [{"kind": "none"}]})  # nothing matches
+    assert searcher.search("penguins", 5, "dense", where=only_new).hits == []
+    upsert_documents(store, [DocumentIn("new", "Penguins huddle against the Antarctic cold.",
+                                        metadata={"kind": "bird"})], embed=True)
+    hits = searcher.search("penguins in the cold", 5, "dense", where=compile_filter({"kind": "bird"}))
+    assert [h.id for h in hits.hits] == ["new"]  # exact search over the few matches, base and delta
+
+
+def test_the_embedder_drops_vectors_of_a_model_no_longer_served(settings: Settings) -> None:
+    live_collection(settings)
+    _, store = open_store(settings.collections_dir, "c")
+    upsert_documents(store, [DocumentIn("d0", "Rewritten text.")], embed=True)
+    store.set_meta(model_id="another-model")  # as a build with another model switches in
+    assert embed_pending(store, load_encoder(DEFAULT_MODEL, settings.models_dir)) == 1
+    assert store.conn.execute("SELECT count(*) FROM passages p JOIN documents d ON d.rowid = p.doc "
+                              "WHERE d.id = 'd0'").fetchone()[0] == 0

@@ -47,6 +47,10 @@ def client(live_server: RunningServer):
         yield c
 
 
+def server_url(client: Client) -> str:
+    return str(client._http.base_url).rstrip("/")
+
+
 def new_collection(client: Client, **kwargs) -> str:
     name = f"live-{next(_names)}"
     client.create_collection(name, **kwargs)
@@ -190,6 +194,7 @@ def test_filters_apply_in_every_mode(client: Client) -> None:
     ({"$or": {"a": 1}}, r"\$or takes a non-empty list"),
     ({"bad field": 1}, "field name"),
     ({"a": {"$and": []}}, r"unknown operator '\$and'"),
+    ({"a": {"$gt": 10**20}}, "beyond 64-bit integers"),
 ])
 def test_bad_filters_are_422_naming_the_problem(client: Client, flt: dict, message: str) -> None:
     name = new_collection(client)
@@ -281,7 +286,22 @@ def test_hostile_ids_and_text_round_trip(client: Client) -> None:
         assert client.get_document(name, doc["id"]).text == doc["text"]
     for query in ["'; DROP TABLE documents; --", 'NEAR(a b) * OR "', "\x00 \\"]:
         client.search(name, query, mode="lexical")  # never a 500
-    assert client.delete(name, ids=[d["id"] for d in docs]).deleted == 4
+    client.upsert(name, [{"id": "big", "text": "x", "metadata": {"n": 10**30}}])
+    assert client.get_document(name, "big").metadata == {"n": 10**30}
+    assert [h.id for h in client.search(name, "x", filter={"n": {"$gt": 10**18}}).hits] == ["big"]
+    # JSON can escape lone surrogates, which no UTF-8 text can hold (our client cannot send them)
+    base = f"{server_url(client)}/v1/collections/{name}"
+    for method, path, body in [
+            ("PUT", "/documents", b'{"documents": [{"id": "\\ud800", "text": "x"}]}'),
+            ("PUT", "/documents", b'{"documents": [{"id": "ok", "text": "x\\udfff"}]}'),
+            ("PUT", "/documents", b'{"documents": [{"id": "ok", "text": "x", "metadata": {"a": "\\udfff"}}]}'),
+            ("POST", "/search", b'{"query": "\\ud800 query", "mode": "lexical"}'),
+            ("POST", "/search", b'{"query": "q", "filter": {"a": "\\ud800"}}')]:
+        response = httpx.request(method, base + path, content=body,
+                                 headers={"content-type": "application/json"})
+        assert response.status_code == 422, (path, body, response.text)
+        assert "unicode" in response.json()["error"]["message"].lower()
+    assert client.delete(name, ids=[d["id"] for d in docs] + ["big"]).deleted == 5
 
 
 def test_writes_wait_for_a_model_that_is_not_loaded(tmp_path: Path, bundled_model: Path) -> None:

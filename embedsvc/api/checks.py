@@ -62,9 +62,10 @@ def documents(docs: Sequence[DocumentIn], settings: Settings) -> None:
         seen[doc.id] = i
         if not doc.title.strip() and not doc.text.strip():
             raise ApiError(422, "invalid_request", f"{where}: has no text (title and text empty)")
-        if not _finite(doc.metadata):
-            raise ApiError(422, "invalid_request", f"{where}: metadata holds NaN or Infinity, "
-                                                   "which JSON cannot store; send finite numbers")
+        if not _storable(doc.metadata):
+            raise ApiError(422, "invalid_request", f"{where}: metadata holds NaN or Infinity, or "
+                                                   "text that is not valid Unicode, which JSON "
+                                                   "cannot store; send finite numbers and UTF-8")
         size = (len(doc.title.encode()) + len(doc.text.encode())
                 + len(json.dumps(doc.metadata).encode()))
         if size > settings.max_document_bytes:
@@ -73,11 +74,22 @@ def documents(docs: Sequence[DocumentIn], settings: Settings) -> None:
                            "(EMBEDSVC_MAX_DOCUMENT_BYTES); split it into several documents")
 
 
-def _finite(value: Any) -> bool:
+def _storable(value: Any) -> bool:
+    """Finite numbers and encodable text all the way down (keys included)."""
     if isinstance(value, float):
         return math.isfinite(value)
+    if isinstance(value, str):
+        return value.isascii() or _encodes(value)
     if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
+        return all(_storable(k) and _storable(v) for k, v in value.items())
     if isinstance(value, list):
-        return all(_finite(v) for v in value)
+        return all(_storable(v) for v in value)
+    return True
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
     return True

@@ -7,6 +7,7 @@ a bug, logged with its traceback and answered with a 500 that hides internals.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -74,6 +75,25 @@ def install(app: FastAPI) -> None:
             message = "the body could not be parsed: send UTF-8 encoded JSON"
         code = {413: "too_large", 400: "invalid_body"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def _not_unicode(_: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        # JSON's "\\ud800" decodes to a lone surrogate, which no UTF-8 store can hold
+        return error_response(422, "invalid_request", f"the request holds text that is not "
+                              f"valid Unicode ({exc.reason}); send UTF-8 text")
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(_: Request, exc: OverflowError) -> JSONResponse:
+        return error_response(422, "invalid_request", "a number in the request is beyond 64-bit "
+                              "integers; send a smaller one")
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _busy(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            return await _bug(request, exc)
+        log.warning("database busy past its timeout on %s %s", request.method, request.url.path)
+        return error_response(503, "busy", "the collection is busy with a long write (a build "
+                              "switching in); retry shortly", {"Retry-After": "5"})
 
     for exc_type, status, code in _DOMAIN:
         def handler(_: Request, exc: Exception, status: int = status, code: str = code) -> JSONResponse:

@@ -21,21 +21,34 @@ log = logging.getLogger(__name__)
 
 
 def embed_pending(store: Store, encoder: Encoder, long_texts: LongTexts = "split",
-                  limit: int = 32) -> int:
-    """Embed up to ``limit`` pending documents, oldest first.
+                  limit: int = 32, only: int | None = None) -> int:
+    """Embed up to ``limit`` pending documents, oldest first (``only``: that one).
+
+    A batch that fails is embedded document by document; one that fails alone leaves the
+    queue, logged, and stays searchable lexically.
 
     Returns:
         How many documents were taken (0: nothing was pending).
     """
+    which = ("", ()) if only is None else ("WHERE p.doc = ?", (only,))
     with store.read() as conn:
         rows = conn.execute(
             "SELECT p.doc, p.seq, d.title, d.text FROM pending p JOIN documents d "
-            "ON d.rowid = p.doc ORDER BY p.seq, p.doc LIMIT ?", (limit,)).fetchall()
+            f"ON d.rowid = p.doc {which[0]} ORDER BY p.seq, p.doc LIMIT ?",
+            (*which[1], limit)).fetchall()
     if not rows:
         return 0
     texts = [document_text(title or "", text or "") for _, _, title, text in rows]
-    spans, vectors = embed_passages(encoder, texts, long_texts)
+    try:
+        spans, vectors = embed_passages(encoder, texts, long_texts)
+    except Exception:  # noqa: BLE001 - one document must not hold up every one behind it
+        if len(rows) == 1:
+            _give_up(store, rows[0][0], rows[0][1])
+            return 1
+        return sum(embed_pending(store, encoder, long_texts, 1, doc) for doc, *_ in rows)
     with store.write() as conn:
+        if store.get_meta("model_id") != encoder.spec.model_id:
+            return len(rows)  # a build switched models meanwhile: these vectors are of no use
         seq = store.next_seq(conn)
         operand, params = in_list([doc for doc, *_ in rows])
         still = set(conn.execute(f"SELECT doc, seq FROM pending WHERE doc IN {operand}", params))
@@ -56,6 +69,14 @@ def embed_pending(store: Store, encoder: Encoder, long_texts: LongTexts = "split
     log.debug("%s: embedded %d documents (%d passages)", store.path.parent.name, len(done),
               len(passages))
     return len(rows)
+
+
+def _give_up(store: Store, doc: int, seq: int) -> None:
+    """A document that cannot be embedded leaves the queue (BM25 still finds it)."""
+    log.exception("%s: document row %d cannot be embedded; it stays searchable lexically only "
+                  "(`embedsvc index check` lists such documents)", store.path.parent.name, doc)
+    with store.write() as conn:
+        conn.execute("DELETE FROM pending WHERE doc = ? AND seq = ?", (doc, seq))
 
 
 def _blob(vector: np.ndarray) -> bytes:

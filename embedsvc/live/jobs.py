@@ -90,3 +90,9 @@ def _end(store: Store, job_id: str, state: str, error: str | None, result: dict[
                      "progress = CASE WHEN ? = 'done' THEN 1 ELSE progress END, "
                      "phase = CASE WHEN ? = 'done' THEN 'done' ELSE phase END WHERE id = ?",
                      (state, error, json.dumps(result), time.time(), state, state, job_id))
+
+
+def forget_old(conn: Any, keep: int) -> None:
+    """Drop finished jobs beyond the ``keep`` most recent ones (in the caller's transaction)."""
+    conn.execute("DELETE FROM jobs WHERE state IN (?, ?) AND id NOT IN (SELECT id FROM jobs "
+                 "ORDER BY created_at DESC LIMIT ?)", (DONE, FAILED, keep))

@@ -28,10 +28,12 @@ log = logging.getLogger(__name__)
 
 # Seconds between looks at the database for work another process queued.
 _POLL = 0.25
-# Seconds before the server starts a compaction again by itself after one failed.
+# Seconds before the server starts a compaction again by itself after one failed (doubled
+# for each further failure in a row).
 _RETRY_FAILED = 60.0
 # The change log keeps the last this many writes (a compaction also drops what it folded).
 CHANGES_KEPT = 100_000
+JOBS_KEPT = 200
 _TRIM_EVERY = 60.0
 
 
@@ -77,58 +79,77 @@ class LiveWorker:
         self._wake.set()
 
     # --- the threads -----------------------------------------------------------------------
-    def _keep_leases(self) -> None:
-        period = self.settings.lease_seconds / 3
+    def _forever(self, step: Callable[[], bool], pause: float, wakes: bool = False) -> None:
+        """Run ``step`` until stopped, pausing when it found no work; a failure is logged and
+        the loop goes on (a dead thread would leave this process acting as leader)."""
         while not self._stop.is_set():
-            led = set()
-            for name, store in self.stores().items():
-                if self._quietly(name, try_acquire, store, self.identity, self.settings.lease_seconds):
-                    if name not in self._led:
-                        log.info("%s: this process (%s) now leads its writes", name, self.identity)
-                        self._wake.set()
-                    led.add(name)
-            self._led = led  # swapped whole: the other threads iterate the set they read
-            self._stop.wait(period)
+            try:
+                worked = step()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+                log.exception("background work failed; going on")
+                worked = False
+            if worked:
+                continue
+            if wakes:
+                self._wake.wait(pause)
+                self._wake.clear()
+            else:
+                self._stop.wait(pause)
+
+    def _keep_leases(self) -> None:
+        self._forever(self._renew_leases, self.settings.lease_seconds / 3)
+
+    def _renew_leases(self) -> bool:
+        led = set()
+        for name, store in self.stores().items():
+            if self._quietly(name, try_acquire, store, self.identity, self.settings.lease_seconds):
+                if name not in self._led:
+                    log.info("%s: this process (%s) now leads its writes", name, self.identity)
+                    self._wake.set()
+                led.add(name)
+        self._led = led  # swapped whole: the other threads iterate the set they read
+        return False
 
     def _embed_loop(self) -> None:
-        while not self._stop.is_set():
-            stores = self.stores()
-            worked = False
-            for name in list(self._led):
-                if name in stores:
-                    worked |= bool(self._quietly(name, self._embed, stores[name]))
-            if not worked:
-                self._wake.wait(_POLL)
-                self._wake.clear()
+        self._forever(self._embed_all, _POLL, wakes=True)
+
+    def _embed_all(self) -> bool:
+        stores = self.stores()
+        return any([bool(self._quietly(name, self._embed, stores[name]))
+                    for name in list(self._led) if name in stores])
 
     def _embed(self, store: Store) -> int:
         if store.conn.execute("SELECT 1 FROM pending LIMIT 1").fetchone() is None:
             return 0
-        encoder = self.encoders(store.get_meta("model_id") or "")
+        model = store.get_meta("model_id")
+        encoder = self.encoders(model) if model else None
         if encoder is None:
             return 0  # the model is loading; the documents wait, lexical search has them
         return embed_pending(store, encoder, store.get_meta("long_texts") or "split",
                              self.settings.embed_batch_documents)
 
     def _job_loop(self) -> None:
-        trimmed = time.monotonic()
-        while not self._stop.is_set():
-            stores = self.stores()
-            trim = time.monotonic() - trimmed > _TRIM_EVERY
-            for name in list(self._led):
-                if name in stores:
-                    self._quietly(name, self._maybe_compact, name, stores[name])
-                    self._quietly(name, self._run_jobs, name, stores[name])
-                    if trim:
-                        self._quietly(name, self._trim, stores[name])
-            trimmed = time.monotonic() if trim else trimmed
-            self._stop.wait(_POLL * 2)
+        self._last_trim = time.monotonic()
+        self._forever(self._jobs_all, _POLL * 2)
+
+    def _jobs_all(self) -> bool:
+        stores = self.stores()
+        trim = time.monotonic() - self._last_trim > _TRIM_EVERY
+        for name in list(self._led):
+            if name in stores:
+                self._quietly(name, self._maybe_compact, name, stores[name])
+                self._quietly(name, self._run_jobs, name, stores[name])
+                if trim:
+                    self._quietly(name, self._trim, stores[name])
+        self._last_trim = time.monotonic() if trim else self._last_trim
+        return False
 
     @staticmethod
     def _trim(store: Store) -> None:
-        """Keep the change log to its last :data:`CHANGES_KEPT` writes."""
+        """Keep the change log to its last :data:`CHANGES_KEPT` writes, and the last jobs."""
         with store.write() as conn:
             trim_changes(store, conn, store.get_meta("seq", 0) - CHANGES_KEPT)
+            jobs.forget_old(conn, keep=JOBS_KEPT)
 
     def _maybe_compact(self, name: str, store: Store) -> None:
         """Queue a compaction when the fresh segment or the deleted share is past its setting."""
@@ -140,14 +161,22 @@ class LiveWorker:
             if version is not None else 0
         if fresh >= self.settings.compact_fresh_vectors or \
                 (dead and dead >= self.settings.compact_deleted_ratio * served):
-            last = jobs.recent(store, name, 1)
-            if last and last[0].state == jobs.FAILED and \
-                    time.time() - (last[0].finished_at or 0) < _RETRY_FAILED:
+            if self._backing_off(store, name):
                 return  # e.g. a build holds the collection: try again later, not every poll
             job = jobs.submit(store, name, "compact")
             if job.state == jobs.QUEUED and job.attempts == 0:
                 log.info("%s: %d fresh vectors, %d deleted: compaction %s queued", name, fresh,
                          dead, job.id)
+
+    @staticmethod
+    def _backing_off(store: Store, name: str) -> bool:
+        """After n compactions failed in a row, wait 60s × 2^(n-1) (at most an hour)."""
+        recent = jobs.recent(store, name, 8)
+        failed = next((i for i, job in enumerate(recent) if job.state != jobs.FAILED), len(recent))
+        if not failed:
+            return False
+        wait = min(_RETRY_FAILED * 2 ** (failed - 1), 3600.0)
+        return time.time() - (recent[0].finished_at or 0) < wait
 
     def _run_jobs(self, name: str, store: Store) -> None:
         job = jobs.claim(store, name, self.identity)

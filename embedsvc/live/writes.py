@@ -131,14 +131,17 @@ def _log(conn: sqlite3.Connection, seq: int, rows: Sequence[tuple[int, str]], op
 def trim_changes(store: Store, conn: sqlite3.Connection, up_to: int) -> int:
     """Drop the change log up to write ``up_to``, inside the caller's write transaction.
 
-    What a staged build still checks its documents against is kept whatever ``up_to``
-    says; a searcher whose snapshot is older than what is left reloads in full.
+    What a build still checks its documents against (a staged one's, or a first build's
+    since it began) is kept whatever ``up_to`` says; a searcher whose snapshot is older than
+    what is left reloads in full.
 
     Returns:
         The write number the log now starts after.
     """
     staged = conn.execute("SELECT min(seen_seq) FROM staged_documents").fetchone()[0]
-    floor = max(min(up_to, staged) if staged is not None else up_to,
+    first = conn.execute("SELECT min(started_seq) FROM builds WHERE status = 'running' AND "
+                         "direct = 1").fetchone()[0]
+    floor = max(min([up_to] + [s for s in (staged, first) if s is not None]),
                 store.get_meta("changes_floor", 0))
     conn.execute("DELETE FROM changes WHERE seq <= ?", (floor,))
     store.set_meta(conn, changes_floor=floor)

@@ -203,6 +203,7 @@ class DenseIndex:
         self._parts = shards + ([delta] if delta is not None else [])
         self._pool = ThreadPoolExecutor(max_workers=len(self._parts)) if len(self._parts) > 1 else None
         self._base_only: dict[int, tuple[IdFilter | None, IdFilter | None]] = {}
+        self._ids: dict[int, np.ndarray] = {}
 
     @classmethod
     def load(cls, folder: Path, mmap: bool = True, previous: DenseIndex | None = None) -> DenseIndex:
@@ -280,8 +281,8 @@ class DenseIndex:
             base = IdFilter(np.setdiff1d(only.ids, self.deleted), include=True)
         else:
             base = IdFilter(np.union1d(only.ids, self.deleted), include=False)
-        if len(self._base_only) >= 64:
-            self._base_only.clear()
+        if len(self._base_only) >= 4:  # one or two filters per snapshot: keep the last ones
+            self._base_only.pop(next(iter(self._base_only)))
         self._base_only[id(only)] = (only, base)
         return base
 
@@ -310,10 +311,19 @@ class DenseIndex:
         scores, ids = shard.search(queries, k)
         return scores, np.where(only.allowed(ids), ids, -1)
 
+    def _held(self, number: int) -> np.ndarray:
+        """The ids base shard ``number`` holds (read once)."""
+        held = self._ids.get(number)
+        if held is None:
+            shard = faiss.downcast_index(self.shards[number])
+            held = self._ids[number] = np.sort(faiss.vector_to_array(shard.id_map))
+        return held
+
     def _exact(self, number: int, shard: faiss.Index, queries: np.ndarray, k: int,
                ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact top ``k`` over the given ids of one base shard (id ``i`` lives in ``i % S``)."""
         mine = ids[ids % len(self.shards) == number]
+        mine = mine[np.isin(mine, self._held(number))]  # e.g. ids only the delta holds
         if not len(mine):
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1)
         scores, rows = faiss.knn(queries, shard.reconstruct_batch(mine), min(k, len(mine)),

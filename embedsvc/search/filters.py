@@ -150,6 +150,14 @@ class _Compiler:
 def _scalar(value: Any, where: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise FilterError(f"{where}: {value} is not a number a document can hold; give a finite one")
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        raise FilterError(f"{where}: {value} is beyond 64-bit integers; give a smaller number")
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise FilterError(f"{where}: the text is not valid Unicode ({exc.reason}); send "
+                              "UTF-8 text") from exc
     if not isinstance(value, str | int | float | bool):
         raise FilterError(f"{where}: expected a string, number or boolean, got {_kind(value)}")
 

@@ -105,10 +105,13 @@ def state_numbers(conn: sqlite3.Connection) -> tuple[int | None, int, int]:
             int(meta.get("changes_floor", 0)))
 
 
-def load(store: Store, index: DenseIndex | None, version: int | None) -> LiveView:
-    """A whole view read in one transaction."""
+def load(store: Store, index: DenseIndex | None, version: int | None) -> LiveView | None:
+    """A whole view of ``version`` read in one transaction; None if another version is
+    served by now (its tombstones and fresh segment are not this index's)."""
     with store.read() as conn:
-        _, seq, _ = state_numbers(conn)
+        served, seq, _ = state_numbers(conn)
+        if served != version:
+            return None
         tombstones = np.fromiter((r[0] for r in conn.execute("SELECT vid FROM tombstones")),
                                  np.int64)
         fresh = FreshSegment.from_rows(conn.execute(_FRESH).fetchall())

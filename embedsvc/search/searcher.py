@@ -125,15 +125,18 @@ class Searcher:
             self._view = live.LiveView(self.pinned_version, index, 0, np.empty(0, np.int64),
                                        live.FreshSegment.empty())
             return self._view
-        with self.store.read() as conn:
-            wanted, _, _ = live.state_numbers(conn)
-        held = self._view.index if self._view is not None else None
-        if held is not None and held.manifest["version"] == wanted:
-            index = held
-        else:
-            index = self._load_index(wanted, held)
-        self._view = live.load(self.store, index, wanted)
-        return self._view
+        while True:  # until the state read is the state of the version loaded
+            with self.store.read() as conn:
+                wanted, _, _ = live.state_numbers(conn)
+            held = self._view.index if self._view is not None else None
+            if held is not None and held.manifest["version"] == wanted:
+                index = held
+            else:
+                index = self._load_index(wanted, held)
+            view = live.load(self.store, index, wanted)
+            if view is not None:
+                self._view = view
+                return view
 
     def _load_index(self, wanted: int | None, held: DenseIndex | None) -> DenseIndex | None:
         if wanted is None or self._failed_version == wanted:
@@ -285,8 +288,11 @@ class Searcher:
     def _restriction(self, view: live.LiveView, where: CompiledFilter | None) -> _Restriction:
         """The vectors dense search may return: all live ones, or those a filter matches."""
         if where is None:
-            tombstones = IdFilter(view.tombstones, include=False) if len(view.tombstones) else None
-            return _Restriction(tombstones, None, view.live_vectors)
+            cached = view.cache.get("tombstones")
+            if cached is None:  # made once per snapshot: building the selector costs ~ms
+                tombstones = IdFilter(view.tombstones, include=False) if len(view.tombstones) else None
+                cached = view.cache["tombstones"] = _Restriction(tombstones, None, view.live_vectors)
+            return cached
         key = f"filter:{where.key}"
         cached = view.cache.get(key)
         if cached is None:
