@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,17 @@ def run(home: Path, clients: int, seconds: float, warmup: float) -> None:
         asyncio.run(load(time.monotonic() + warmup, warm))
         rss_start = server_rss(server.pid)
         started = time.monotonic()
+        samples: list[int] = []
+        sampling = threading.Event()
+
+        def sample() -> None:  # the server's memory every 10 s: growth or a plateau
+            while not sampling.wait(10):
+                samples.append(server_rss(server.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         asyncio.run(load(started + seconds, out))
+        sampling.set()
         elapsed = time.monotonic() - started
         rss_end = server_rss(server.pid)
         with Client(url, timeout=60) as client:
@@ -160,6 +171,7 @@ def run(home: Path, clients: int, seconds: float, warmup: float) -> None:
           f"{len(out['latency']['search']) / elapsed:.1f} | {percentiles(out['latency']['search'])} | "
           f"{percentiles(out['latency']['upsert'])} | {percentiles(out['latency']['delete'])} | "
           f"{rss_start / 2**20:.0f} MB → {rss_end / 2**20:.0f} MB |")
+    print("server RSS every 10 s (MB): " + " ".join(f"{x / 2**20:.0f}" for x in samples))
     print(f"afterwards: {info.fresh_vectors} fresh vectors, {info.pending} pending, "
           f"{info.deleted_vectors} deleted, version {info.index_version}, "
           f"{sum(j.state == 'done' for j in jobs)} compactions; tracebacks in the server log: "
