@@ -423,10 +423,6 @@ class Store:
                 (time.time(), documents, skipped, build),
             )
 
-    def build_status(self, build: str) -> str | None:
-        row = self.conn.execute("SELECT status FROM builds WHERE id = ?", (build,)).fetchone()
-        return row[0] if row else None
-
     def chunk_checksums(self, build: str) -> dict[int, tuple[str, int]]:
         cur = self.conn.execute(
             "SELECT number, checksum, documents FROM build_chunks WHERE build = ?", (build,)
@@ -441,6 +437,3 @@ class Store:
                 (build, number, checksum, documents),
             )
 
-    def forget_build_chunks(self, build: str) -> None:
-        with self.write() as conn:
-            conn.execute("DELETE FROM build_chunks WHERE build = ?", (build,))

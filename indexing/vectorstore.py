@@ -171,10 +171,3 @@ def carry_over(parent: Sequence[Segment], folder: Path, killed: np.ndarray) -> l
         dead = np.union1d(segment.dead_rows(), np.flatnonzero(np.isin(ids, killed)))
         out.append(mark_dead(linked, dead) if len(dead) else linked)
     return out
-
-
-def live_rows(store: Sequence[Segment]) -> tuple[int, int]:
-    """(live rows, dead rows) over the segments."""
-    total = sum(len(np.load(s.ids_path, mmap_mode="r", allow_pickle=False)) for s in store)
-    dead = sum(len(s.dead_rows()) for s in store)
-    return total - dead, dead
