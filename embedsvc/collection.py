@@ -12,7 +12,8 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,12 +157,25 @@ def delete_collection(collections_dir: Path, name: str) -> None:
     paths = collection_paths(collections_dir, name)
     if not paths.db.is_file():
         raise CollectionNotFound(f"collection '{name}' does not exist")
-    with open(paths.root / "build.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise CollectionBusy(f"a build or compaction of '{name}' is running; wait for it "
-                                 "to finish, then delete") from exc
+    with exclusive(paths):
         doomed = collections_dir / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
         paths.root.rename(doomed)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+@contextmanager
+def exclusive(paths: CollectionPaths) -> Iterator[None]:
+    """Hold the collection for a build, a compaction or its deletion: one at a time, and
+    the OS drops the lock if the process dies.
+
+    Raises:
+        CollectionBusy: another of them holds it.
+    """
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with open(paths.root / "build.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise CollectionBusy(f"a build or compaction of '{paths.name}' is running; wait for "
+                                 "it to finish") from exc
+        yield

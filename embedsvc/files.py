@@ -75,3 +75,13 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode): the same file under any name (hard links share it), and a different
+    one once a file is replaced; (0, 0) when there is none."""
+    try:
+        stat = path.stat()
+    except (OSError, ValueError):  # ValueError: a name with a NUL byte
+        return (0, 0)
+    return (stat.st_dev, stat.st_ino)

@@ -22,6 +22,7 @@ from embedsvc.collection import (
     open_store,
     read_manifest,
 )
+from embedsvc.files import file_identity
 from embedsvc.live import jobs
 from embedsvc.live.lease import current as current_lease
 from embedsvc.live.worker import LiveWorker
@@ -30,7 +31,7 @@ from embedsvc.model_pool import ModelPool
 from embedsvc.search.filters import CompiledFilter
 from embedsvc.search.searcher import Fusion, Searcher
 from embedsvc.settings import Settings
-from embedsvc.store import Store
+from embedsvc.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,7 @@ class Service:
 
     def searcher(self, name: str) -> Searcher:
         """The searcher of an existing collection (CollectionNotFound otherwise)."""
-        db = self.settings.collections_dir / name / "collection.db"
-        try:
-            stat = db.stat()
-            identity = (stat.st_dev, stat.st_ino)
-        except (OSError, ValueError):
-            identity = (0, 0)
+        identity = file_identity(self.settings.collections_dir / name / DB_NAME)
         cached = self._searchers.get(name)
         if cached is not None and cached[0] == identity:
             return cached[1]

@@ -7,9 +7,9 @@ IMMEDIATE``), which takes the write lock before reading anything. A deferred tra
 that reads and then writes can fail at once with "database is locked" when another writer
 committed in between; an immediate one waits its turn instead.
 
-A document's row id never changes while it lives (upsert, never delete-and-insert), and
-new ones are allocated above every row id ever used (``next_rowid``), so a vector id of an
-older index version never names a different document.
+A document's row id never changes while it lives (upsert, never delete-and-insert). API
+writes and staged builds allocate new ones above every row id ever used (``next_rowid``);
+a first build, which starts from an empty collection, lets SQLite number its documents.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from embedsvc.schema import DB_NAME, SCHEMA_VERSION, configure, create_schema, schema_version
 
@@ -47,6 +49,19 @@ def split_id(vector_id: int) -> tuple[int, int]:
 def document_text(title: str, text: str) -> str:
     """The text a document is embedded as (title and body, as BEIR and MTEB do)."""
     return f"{title} {text}".strip()
+
+
+def vector_blob(vector: np.ndarray) -> bytes:
+    """How a passage's vector is kept in SQLite: little-endian float32."""
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def vectors_from_blobs(blobs: Sequence[bytes]) -> np.ndarray:
+    """(len(blobs), dim) float32 from :func:`vector_blob` values; (0, 0) when there are none."""
+    if not blobs:
+        return np.empty((0, 0), np.float32)
+    flat = np.frombuffer(b"".join(blobs), dtype="<f4")
+    return flat.reshape(len(blobs), -1).astype(np.float32, copy=False)
 
 
 def text_sha(title: str, text: str) -> str:

@@ -28,15 +28,14 @@ from typing import Any
 import faiss
 import numpy as np
 
-from embedsvc.collection import CollectionPaths, read_manifest
+from embedsvc.collection import CollectionPaths, exclusive, read_manifest
 from embedsvc.files import atomic_write, sha256_file, write_atomic_with
 from embedsvc.live.writes import trim_changes
 from embedsvc.search.dense import load_deleted, load_verified_shard
 from embedsvc.search.fresh import state_numbers
-from embedsvc.store import Store
+from embedsvc.store import Store, vectors_from_blobs
 from indexing.build import build_index, update_index, working_bytes
 from indexing.errors import BuildError
-from indexing.job import build_lock
 from indexing.layouts import choose_layout
 from indexing.vectorstore import Segment, carry_over, link, segments, unusable, write_segment
 from indexing.versions import prune_versions, write_version
@@ -83,8 +82,7 @@ def take_snapshot(paths: CollectionPaths, store: Store) -> Snapshot:
         documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
         model_id, layout = store.get_meta("model_id"), store.get_meta("layout") or {}
         weights = store.get_meta("weights_sha256")
-    vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").astype(np.float32)
-    vectors = vectors.reshape(len(rows), -1) if rows else np.empty((0, 0), np.float32)
+    vectors = vectors_from_blobs([r[2] for r in rows])
     return Snapshot(
         version, read_manifest(paths, version) if version is not None else None, seq, model_id,
         weights, documents, layout, np.sort(tombstones), np.array([r[0] for r in rows], np.int64),
@@ -99,13 +97,14 @@ def compact(paths: CollectionPaths, store: Store, progress: Progress | None = No
         vectors), ``dropped`` (tombstones), ``seconds`` and the layout.
 
     Raises:
-        BuildError: a build is running, the collection has no model, the served version
+        CollectionBusy: a build or another compaction holds the collection.
+        BuildError: the collection has no model, the served version
             changed meanwhile, or the served version predates vector stores and its layout
             must change (rebuild it once).
     """
     report = progress or (lambda phase, done: None)
     started = time.perf_counter()
-    with build_lock(paths):
+    with exclusive(paths):
         report("snapshot", 0.05)
         snap = take_snapshot(paths, store)
         if not len(snap.tombstones) and not len(snap.fresh_ids):

@@ -12,14 +12,12 @@ file, and rerunning it after success does nothing.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import chain
@@ -29,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from embedsvc import __version__
-from embedsvc.collection import CollectionPaths, open_store, read_manifest
+from embedsvc.collection import exclusive, open_store, read_manifest
 from embedsvc.encoders import embedding_dimension, load_encoder, resolve_model
 from embedsvc.files import sha256_file, short_hash
 from embedsvc.passages import LongTexts, embed_passages
@@ -245,7 +243,7 @@ class BuildJob:
     def run(self) -> BuildReport:
         start = time.perf_counter()
         report = BuildReport(self.paths.name, "up_to_date")
-        with build_lock(self.paths):
+        with exclusive(self.paths):
             build_id, checked = self._identify()
             fingerprint = self.fingerprint(build_id)
             if self.is_up_to_date(fingerprint):
@@ -469,16 +467,3 @@ class BuildJob:
             return [adopt(folder, "input", source, ids=ids).describe()]
         user = {"sha256": self.vectors_sha, "size": source.stat().st_size}
         return [adopt(folder, "input", source, ids=ids, source=user).describe()]
-
-
-@contextmanager
-def build_lock(paths: CollectionPaths) -> Iterator[None]:
-    """One build per collection at a time; the OS drops the lock if the process dies."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with open(paths.root / "build.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise BuildError(f"another build of '{paths.name}' is running; wait for it") from exc
-        yield
-

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from embedsvc.api.errors import ApiError
 from embedsvc.api.schemas import DocumentIn, SearchRequest
-from embedsvc.search.filters import CompiledFilter, FilterError, compile_filter
+from embedsvc.search.filters import CompiledFilter, FilterError, compile_filter, encodable
 from embedsvc.search.searcher import Fusion
+from embedsvc.service import fusion_of
 from embedsvc.settings import Settings
 
 
@@ -29,9 +31,9 @@ def search_limits(body: SearchRequest, settings: Settings) -> None:
 
 def fusion(body: SearchRequest, settings: Settings) -> Fusion:
     """The request's fusion knobs, each defaulting to its setting."""
-    return Fusion(body.rrf_k or settings.rrf_k,
-                  settings.dense_weight if body.dense_weight is None else body.dense_weight,
-                  settings.lexical_weight if body.lexical_weight is None else body.lexical_weight)
+    asked = {"rrf_k": body.rrf_k, "dense_weight": body.dense_weight,
+             "lexical_weight": body.lexical_weight}
+    return replace(fusion_of(settings), **{k: v for k, v in asked.items() if v is not None})
 
 
 def metadata_filter(raw: dict[str, Any] | None, settings: Settings) -> CompiledFilter | None:
@@ -79,17 +81,9 @@ def _storable(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, str):
-        return value.isascii() or _encodes(value)
+        return encodable(value)
     if isinstance(value, dict):
         return all(_storable(k) and _storable(v) for k, v in value.items())
     if isinstance(value, list):
         return all(_storable(v) for v in value)
-    return True
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
     return True

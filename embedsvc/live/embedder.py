@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 from embedsvc.encoders import Encoder
 from embedsvc.passages import LongTexts, embed_passages
-from embedsvc.store import Store, document_text, in_list, passage_id
+from embedsvc.store import Store, document_text, in_list, passage_id, vector_blob
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +57,7 @@ def embed_pending(store: Store, encoder: Encoder, long_texts: LongTexts = "split
             if (doc, claimed) not in still:
                 continue  # written again since: its new text is embedded next round
             done.append(doc)
-            passages += [(passage_id(doc, o), doc, o, start, end, seq, _blob(vector))
+            passages += [(passage_id(doc, o), doc, o, start, end, seq, vector_blob(vector))
                          for o, ((start, end), vector) in enumerate(zip(doc_spans, block, strict=True))]
         operand, params = in_list(done)
         conn.execute(f"DELETE FROM passages WHERE doc IN {operand}", params)
@@ -77,7 +75,3 @@ def _give_up(store: Store, doc: int, seq: int) -> None:
                   "(`embedsvc index check` lists such documents)", store.path.parent.name, doc)
     with store.write() as conn:
         conn.execute("DELETE FROM pending WHERE doc = ? AND seq = ?", (doc, seq))
-
-
-def _blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()

@@ -19,7 +19,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from embedsvc.files import read_json, sha256_file
+from embedsvc.files import file_identity, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +163,6 @@ class _Not(faiss.IDSelectorNot):
         self.inner = inner
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    """(device, inode): the same file under any name (links share it); (0, 0) if missing."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return (0, 0)
-    return (stat.st_dev, stat.st_ino)
-
-
 def load_deleted(folder: Path, meta: dict[str, Any] | None) -> np.ndarray:
     """The sorted ids a version's base shards still hold but that are dead in it."""
     if not meta:
@@ -218,7 +209,7 @@ class DenseIndex:
         manifest = read_json(manifest_path)
         dim = int(manifest["dim"])
         known = previous.loaded_files() if previous is not None else {}
-        shards = [known.get(_identity(folder / meta["file"]))
+        shards = [known.get(file_identity(folder / meta["file"]))
                   or load_verified_shard(folder / meta["file"], meta, dim, mmap)
                   for meta in manifest["shards"]]
         params = manifest.get("search_params") or ""
@@ -233,7 +224,7 @@ class DenseIndex:
 
     def loaded_files(self) -> dict[tuple[int, int], faiss.Index]:
         """This version's base shards by the identity of their files (those still on disk)."""
-        files = {_identity(self.folder / meta["file"]): shard
+        files = {file_identity(self.folder / meta["file"]): shard
                  for meta, shard in zip(self.manifest["shards"], self.shards, strict=True)}
         files.pop((0, 0), None)
         return files

@@ -152,14 +152,23 @@ def _scalar(value: Any, where: str) -> None:
         raise FilterError(f"{where}: {value} is not a number a document can hold; give a finite one")
     if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
         raise FilterError(f"{where}: {value} is beyond 64-bit integers; give a smaller number")
-    if isinstance(value, str) and not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError as exc:
-            raise FilterError(f"{where}: the text is not valid Unicode ({exc.reason}); send "
-                              "UTF-8 text") from exc
+    if isinstance(value, str) and not encodable(value):
+        raise FilterError(f"{where}: the text is not valid Unicode (a lone surrogate); send "
+                          "UTF-8 text")
     if not isinstance(value, str | int | float | bool):
         raise FilterError(f"{where}: expected a string, number or boolean, got {_kind(value)}")
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: JSON's ``"\\ud800"`` decodes to a lone surrogate,
+    which no UTF-8 store (SQLite included) can hold."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind(value: Any) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from embedsvc.search.dense import DenseIndex
-from embedsvc.store import Store
+from embedsvc.store import Store, vectors_from_blobs
 
 _FRESH = "SELECT id, doc, vector FROM passages WHERE indexed = 0 AND vector IS NOT NULL"
 
@@ -39,10 +39,9 @@ class FreshSegment:
     def from_rows(cls, rows: list[tuple[int, int, bytes]]) -> FreshSegment:
         if not rows:
             return cls.empty()
-        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4")
         return cls(np.fromiter((r[0] for r in rows), np.int64, len(rows)),
                    np.fromiter((r[1] for r in rows), np.int64, len(rows)),
-                   vectors.reshape(len(rows), -1).astype(np.float32, copy=False))
+                   vectors_from_blobs([r[2] for r in rows]))
 
     def __len__(self) -> int:
         return len(self.vids)
