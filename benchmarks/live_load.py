@@ -81,7 +81,7 @@ async def client_loop(url: str, queries: list[str], until: float, seed: int,
                       out: dict[str, Any]) -> None:
     rng = random.Random(seed)
     mine: list[str] = []
-    async with AsyncClient(url, timeout=60) as client:
+    async with AsyncClient(url, timeout=60, retries=0) as client:
         while time.monotonic() < until:
             kind = "search" if rng.random() < 0.9 else ("delete" if mine and rng.random() < 0.5
                                                         else "upsert")

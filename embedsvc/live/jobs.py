@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 # The client's job is the server's too: one definition for both sides.
-from embedsvc.client import Job
+from embedsvc.responses import Job
 from embedsvc.store import Store
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
