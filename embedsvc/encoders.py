@@ -14,6 +14,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from embedsvc.files import read_json, sha256_file
+from embedsvc.metrics import record_encode
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +114,20 @@ def weights_sha256(folder: Path) -> str:
     )
 
 
+def is_named_model(name: str, models_dir: Path) -> bool:
+    """Whether ``name`` is the bundled model or a registered version, not a folder path."""
+    return name == DEFAULT_MODEL or ("/" in name and ".." not in name.split("/")
+                                     and not name.startswith("/")
+                                     and (models_dir / name / "modules.json").is_file())
+
+
 def resolve_model(name: str, models_dir: Path) -> ModelSpec:
     """Turn a model name (the bundled default, a registry version, a local folder) into a spec."""
     if name == DEFAULT_MODEL:
         path = unpack_default_model(models_dir)
         return ModelSpec(DEFAULT_MODEL, path, _DEFAULT_SHA256["model.safetensors"])
-    registered = models_dir / name
-    if "/" in name and (registered / "modules.json").is_file():
+    if name != DEFAULT_MODEL and is_named_model(name, models_dir):
+        registered = models_dir / name
         return ModelSpec(name, registered, weights_sha256(registered))
     path = Path(name).expanduser()
     if path.is_dir():
@@ -217,6 +226,7 @@ class Encoder:
         """Return float32 unit vectors, shape (len(texts), dim)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        started = time.perf_counter()
         vectors = self.model.encode(
             texts,
             batch_size=self.batch_size,
@@ -224,6 +234,7 @@ class Encoder:
             convert_to_numpy=True,
             show_progress_bar=False,
         )
+        record_encode(self.spec.model_id, len(texts), time.perf_counter() - started)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

@@ -1,8 +1,27 @@
-"""Prometheus metrics: what an operator watches to see a service running degraded."""
+"""Prometheus metrics: what an operator watches to see a service running degraded.
+
+Every metric lives in prometheus_client's default registry, so ``/metrics`` serves them
+together with the process collector's ``process_*`` series (resident memory among them).
+Per-collection gauges are read at scrape time from the live services (:func:`watch`):
+describing a collection is a few SQLite counts, cheaper than keeping gauges up to date on
+every write, and a collection deleted by another process simply stops being reported.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import contextvars
+import logging
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 SEARCHES = Counter(
     "embedsvc_search_total", "Searches answered, by the mode used and the fallback taken.",
@@ -14,7 +33,137 @@ SEARCH_SECONDS = Histogram(
 )
 EMBEDDED_TEXTS = Counter("embedsvc_embed_texts_total", "Texts embedded through /v1/embed.")
 
+HTTP_REQUESTS = Counter(
+    "embedsvc_http_requests_total", "HTTP requests answered, by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "embedsvc_http_request_seconds", "Time from a request's arrival to the end of its response.",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+HTTP_IN_PROGRESS = Gauge(
+    "embedsvc_http_requests_in_progress", "Requests being answered now (a scrape counts itself).",
+    multiprocess_mode="livesum")
+ENCODE_SECONDS = Histogram(
+    "embedsvc_encode_seconds", "Time a model takes to encode one call's texts.", ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+ENCODE_BATCH_SIZE = Histogram(
+    "embedsvc_encode_batch_size", "Texts per encode call.", ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+
+
+INDEX_DAMAGE = Counter(
+    "embedsvc_index_damaged_total", "Served index versions dropped because they were found "
+    "damaged (files changed under the server, or impossible scores).", ["collection"],
+)
+
+
+def record_index_damage(collection: str) -> None:
+    INDEX_DAMAGE.labels(collection).inc()
+
 
 def record_search(collection: str, mode: str, fallback: str | None, seconds: float) -> None:
     SEARCHES.labels(collection, mode, fallback or "none").inc()
     SEARCH_SECONDS.labels(mode).observe(seconds)
+
+
+def record_request(route: str, method: str, status: int, seconds: float) -> None:
+    HTTP_REQUESTS.labels(route, method, str(status)).inc()
+    HTTP_SECONDS.labels(route, method).observe(seconds)
+
+
+def record_encode(model: str, texts: int, seconds: float) -> None:
+    ENCODE_SECONDS.labels(model).observe(seconds)
+    ENCODE_BATCH_SIZE.labels(model).observe(texts)
+
+
+# --- per-collection gauges, read at scrape time ---------------------------------------------
+class Describes(Protocol):
+    """What the collector needs of :class:`embedsvc.service.Service`."""
+
+    def collections(self) -> list[str]: ...
+
+    def describe(self, name: str) -> dict[str, Any]: ...
+
+
+_GAUGES = (
+    ("embedsvc_collection_documents", "Documents a collection holds.", "documents"),
+    ("embedsvc_collection_index_version", "Index version served (absent before the first build).",
+     "index_version"),
+    ("embedsvc_collection_fresh_vectors", "Vectors embedded since the served version, searched "
+     "beside it until a compaction folds them in.", "fresh_vectors"),
+    ("embedsvc_collection_deleted_vectors", "Vectors of the served version deleted or replaced "
+     "since (tombstones).", "deleted_vectors"),
+    ("embedsvc_collection_pending_documents", "Documents written but not embedded yet.", "pending"),
+    ("embedsvc_collection_last_compaction_timestamp_seconds", "Unix time of the last compaction "
+     "(absent if none).", "last_compaction"),
+)
+
+_services: weakref.WeakSet[Describes] = weakref.WeakSet()
+# The service of the app answering the current request: its scrape reports its own home only.
+current_service: contextvars.ContextVar[Describes | None] = contextvars.ContextVar(
+    "embedsvc_current_service", default=None)
+
+
+class CollectionCollector(Collector):
+    """Yields the per-collection gauges of the service answering the scrape (or, outside a
+    request, of every live service, the first one reporting a name winning)."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {name: GaugeMetricFamily(name, doc, labels=["collection"]) for name, doc, _ in _GAUGES}
+        for name, info in _descriptions():
+            for family, _, key in _GAUGES:
+                value = info.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    families[family].add_metric([name], float(value))
+        yield from families.values()
+
+    def describe(self) -> list:
+        return []  # nothing to check at registration: the series depend on the home folder
+
+
+def _descriptions() -> Iterator[tuple[str, dict[str, Any]]]:
+    current = current_service.get()
+    services = [current] if current is not None else list(_services)
+    seen: set[str] = set()
+    for service in services:
+        try:
+            names = service.collections()
+        except Exception:  # noqa: BLE001 - a scrape must never fail
+            log.exception("metrics: cannot list the collections")
+            continue
+        for name in names:
+            if name in seen:
+                continue
+            try:
+                info = service.describe(name)
+            except Exception as exc:  # noqa: BLE001 - deleted meanwhile, damaged: skipped
+                log.debug("metrics: %s skipped: %s", name, exc)
+                continue
+            seen.add(name)
+            yield name, info
+
+
+_collector = CollectionCollector()
+REGISTRY.register(_collector)
+
+
+def watch(service: Describes) -> None:
+    """Report ``service``'s collections at scrape time, for as long as it lives."""
+    _services.add(service)
+
+
+def exposition(workers_dir: Path | None) -> bytes:
+    """What a scrape gets. With ``serve --workers N`` (``workers_dir`` set) each worker
+    writes its counters to that folder and any of them answers with all of them merged;
+    ``process_*`` then describe the worker that answered."""
+    if workers_dir is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(workers_dir))
+    registry.register(ProcessCollector(registry=None))
+    registry.register(_collector)
+    return generate_latest(registry)
