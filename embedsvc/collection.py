@@ -22,7 +22,11 @@ from embedsvc.files import read_json
 from embedsvc.search.filters import check_field, index_statement
 from embedsvc.store import DB_NAME, SCHEMA_VERSION, Store, create_schema, schema_version
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# The one rule for collection names; they become folder names, so it is checked with
+# fullmatch (``$`` would let a final newline through) and shared with the OpenAPI schema.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+NAME_RULE = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+_NAME = re.compile(NAME_PATTERN)
 
 
 class CollectionError(Exception):
@@ -44,10 +48,8 @@ class CollectionBusy(CollectionError):
 def check_name(name: str) -> str:
     """Names become folder names, so only a safe subset is allowed."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise CollectionError(
-            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
+        shown = repr(name[:80] + "..." if isinstance(name, str) and len(name) > 80 else name)
+        raise CollectionError(f"invalid collection name {shown}: use {NAME_RULE}")
     return name
 
 

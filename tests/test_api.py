@@ -12,10 +12,10 @@ import pytest
 
 from embedsvc.client import (
     AsyncClient,
-    BadRequest,
     Client,
     Conflict,
     ConnectionFailed,
+    InvalidRequest,
     NotFound,
     PayloadTooLarge,
 )
@@ -32,13 +32,13 @@ def client(server: RunningServer):
 
 
 def test_health_and_collections(client: Client, mini_beir: Path) -> None:
-    assert client.healthz() == {"status": "ok"}
-    assert client.readyz()["status"] == "ready"
+    assert client.healthz().status == "ok"
+    assert client.readyz().status == "ready"
     assert client.list_collections() == ["lexonly", "mini"]
     info = client.get_collection("mini")
     assert info.documents == len((mini_beir / "corpus.jsonl").read_text().splitlines())
     assert info.model == "all-MiniLM-L6-v2"
-    assert info.index_version == 1 and info.index["layout"] == "Flat"
+    assert info.index_version == 1 and info.index.layout == "Flat"
 
 
 def judged_queries(mini_beir: Path) -> list[tuple[str, set[str]]]:
@@ -99,7 +99,7 @@ def test_model_mismatch_is_refused(client: Client) -> None:
 ])
 def test_bad_search_requests_are_4xx_with_a_reason(client: Client, kwargs: dict,
                                                    message: str) -> None:
-    with pytest.raises(BadRequest, match=message) as err:
+    with pytest.raises(InvalidRequest, match=message) as err:
         client.search("mini", **kwargs)
     assert err.value.status == 422
 
@@ -107,7 +107,7 @@ def test_bad_search_requests_are_4xx_with_a_reason(client: Client, kwargs: dict,
 def test_unknown_and_invalid_collection_names(client: Client) -> None:
     with pytest.raises(NotFound, match="does not exist"):
         client.search("nope", "x")
-    with pytest.raises(BadRequest, match="invalid collection name"):
+    with pytest.raises(InvalidRequest, match="invalid collection name"):
         client.get_collection(".hidden")
 
 
@@ -115,7 +115,7 @@ def test_raw_bad_bodies(server: RunningServer) -> None:
     url = f"{server.url}/v1/collections/mini/search"
     headers = {"content-type": "application/json"}
     cases = [
-        (b'{"query": "x"', 422, "not valid JSON"),
+        (b'{"query": "x"', 400, "not valid JSON"),
         (b'{"query": "\xff\xfe"}', 400, "UTF-8"),
         (b'["query"]', 422, "body"),
         (b'{"query": "x", "extra": 1}', 422, "extra"),
@@ -128,9 +128,9 @@ def test_raw_bad_bodies(server: RunningServer) -> None:
 
 
 def test_embed_limits(client: Client) -> None:
-    with pytest.raises(BadRequest, match="at most 256"):
+    with pytest.raises(InvalidRequest, match="at most 256"):
         client.embed(["x"] * 257)
-    with pytest.raises(BadRequest, match="texts"):
+    with pytest.raises(InvalidRequest, match="texts"):
         client.embed([])
     with pytest.raises(PayloadTooLarge):
         client.embed(["word " * 3_300_000])

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from embedsvc.client import BadRequest, Client, Conflict, NotFound, PayloadTooLarge
+from embedsvc.client import Client, Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from embedsvc.settings import Settings
 from tests.conftest import RunningServer, make_settings, wait_for
 
@@ -78,11 +78,12 @@ def test_collection_lifecycle(client: Client) -> None:
     assert "lifecycle" in client.list_collections()
     with pytest.raises(Conflict, match="already exists"):
         client.create_collection("lifecycle")
-    with pytest.raises(BadRequest, match="invalid collection name"):
+    with pytest.raises(InvalidRequest, match="invalid collection name"):
         client.create_collection("../etc")
-    with pytest.raises(BadRequest, match="unknown model"):
-        client.create_collection("other", model="/no/such/model")
-    with pytest.raises(BadRequest, match="field name"):
+    for folder in ("/no/such/model", "/tmp", "../models"):  # the API reads no folder a client names
+        with pytest.raises(InvalidRequest, match="not the default model nor a registered"):
+            client.create_collection("other", model=folder)
+    with pytest.raises(InvalidRequest, match="field name"):
         client.create_collection("other", indexed_fields=["a b"])
     assert "other" not in client.list_collections()
     client.delete_collection("lifecycle")
@@ -198,10 +199,10 @@ def test_filters_apply_in_every_mode(client: Client) -> None:
 ])
 def test_bad_filters_are_422_naming_the_problem(client: Client, flt: dict, message: str) -> None:
     name = new_collection(client)
-    with pytest.raises(BadRequest, match=message) as err:
+    with pytest.raises(InvalidRequest, match=message) as err:
         client.search(name, "x", filter=flt)
     assert err.value.status == 422
-    with pytest.raises(BadRequest, match=message):
+    with pytest.raises(InvalidRequest, match=message):
         client.delete(name, filter=flt)
 
 
@@ -210,7 +211,7 @@ def test_deeply_nested_filter_is_refused(client: Client) -> None:
     flt: dict = {"a": 1}
     for _ in range(10):
         flt = {"$and": [flt]}
-    with pytest.raises(BadRequest, match="nested deeper than 8"):
+    with pytest.raises(InvalidRequest, match="nested deeper than 8"):
         client.search(name, "x", filter=flt)
 
 
@@ -264,9 +265,9 @@ def test_write_limits_name_the_setting(client: Client, live_server: RunningServe
         ([{"id": 5, "text": "x"}], "id"),
     ]
     for documents, message in cases:
-        with pytest.raises(BadRequest, match=message):
+        with pytest.raises(InvalidRequest, match=message):
             client.upsert(name, documents)
-    with pytest.raises(BadRequest, match="not both"):
+    with pytest.raises(InvalidRequest, match="not both"):
         client.delete(name, ids=["a"], filter={"a": 1})
     url = f"{live_server.url}/v1/collections/{name}/documents"
     raw = httpx.put(url, content=b'{"documents": [{"id": "n", "text": "x", "metadata": {"v": NaN}}]}',

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from embedsvc.api.errors import ApiError
-from embedsvc.api.schemas import DocumentIn, SearchRequest
+from embedsvc.api.schemas import DocumentIn, EmbedRequest, SearchRequest
 from embedsvc.search.filters import CompiledFilter, FilterError, compile_filter, encodable
 from embedsvc.search.searcher import Fusion
 from embedsvc.service import fusion_of
@@ -36,13 +36,33 @@ def fusion(body: SearchRequest, settings: Settings) -> Fusion:
     return replace(fusion_of(settings), **{k: v for k, v in asked.items() if v is not None})
 
 
+def embed_limits(body: EmbedRequest, settings: Settings) -> None:
+    if len(body.texts) > settings.max_embed_texts:
+        raise ApiError(422, "invalid_request",
+                       f"texts: {len(body.texts)} given, at most {settings.max_embed_texts} a call "
+                       "(EMBEDSVC_MAX_EMBED_TEXTS); send smaller batches")
+    too_long = [i for i, t in enumerate(body.texts) if len(t) > settings.max_query_chars]
+    if too_long:
+        raise ApiError(422, "invalid_request",
+                       f"texts[{too_long[0]}]: {len(body.texts[too_long[0]])} characters, the limit is "
+                       f"{settings.max_query_chars} (EMBEDSVC_MAX_QUERY_CHARS); shorten it")
+
+
+# The filter limits that come from settings, recognised in the messages of
+# :func:`compile_filter` (which knows the numbers but not where they are set).
+_FILTER_SETTINGS = {"nested deeper than": "EMBEDSVC_MAX_FILTER_DEPTH",
+                    "conditions; simplify it": "EMBEDSVC_MAX_FILTER_CONDITIONS"}
+
+
 def metadata_filter(raw: dict[str, Any] | None, settings: Settings) -> CompiledFilter | None:
     if raw is None:
         return None
     try:
         return compile_filter(raw, settings.max_filter_depth, settings.max_filter_conditions)
     except FilterError as exc:
-        raise ApiError(422, "invalid_filter", str(exc)) from exc
+        message = str(exc)
+        setting = next((name for phrase, name in _FILTER_SETTINGS.items() if phrase in message), None)
+        raise ApiError(422, "invalid_filter", f"{message} ({setting})" if setting else message) from exc
 
 
 def batch_size(count: int, what: str, settings: Settings) -> None:
@@ -52,9 +72,20 @@ def batch_size(count: int, what: str, settings: Settings) -> None:
                        "(EMBEDSVC_MAX_BATCH_DOCUMENTS); send smaller batches")
 
 
+def ids(values: Sequence[str], what: str, settings: Settings) -> None:
+    """Not too many ids, and none with a NUL character: SQLite's JSON functions, through
+    which the store looks ids up in bulk, cut text at a NUL, so such a document could be
+    written but never found again by id (a second write would store it twice)."""
+    batch_size(len(values), what, settings)
+    for i, value in enumerate(values):
+        if "\x00" in value:
+            raise ApiError(422, "invalid_request", f"{what}[{i}]: the id holds a NUL character (U+0000), "
+                                                   "which ids may not contain; remove it")
+
+
 def documents(docs: Sequence[DocumentIn], settings: Settings) -> None:
     """Distinct ids, some text, finite numbers, and each document under the size limit."""
-    batch_size(len(docs), "documents", settings)
+    ids([doc.id for doc in docs], "documents", settings)
     seen: dict[str, int] = {}
     for i, doc in enumerate(docs):
         where = f"documents[{i}] ('{doc.id[:80]}')"

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from embedsvc.collection import CollectionBusy, CollectionError, CollectionExists, CollectionNotFound
 from embedsvc.encoders import ModelError
+from embedsvc.responses import ErrorResponse
 from embedsvc.search.filters import FilterError
 from embedsvc.search.searcher import SearchConflict, SearchUnavailable
 
@@ -34,6 +38,32 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
+_DESCRIPTIONS = {
+    400: "The body is not JSON (`invalid_json`), or a collection name breaks the naming rule "
+         "(`bad_request`).",
+    404: "No such collection, document, job or model (`not_found`).",
+    409: "Conflicts with the collection's state (`exists`, `busy`, `conflict`).",
+    413: "The body, a batch or a document is over a limit of the settings (`too_large`).",
+    415: "The body is not sent as `application/json` (`unsupported_media_type`).",
+    422: "JSON that breaks the schema or a limit (`invalid_request`, `invalid_filter`).",
+    503: "A model is loading or failed, or the database is busy; retry after `Retry-After` seconds.",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+# What every route that reads a JSON body can answer about the body itself.
+JSON_BODY = (400, 413, 415, 422)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of the error answers a route can give, all :class:`ErrorResponse`."""
+    declared: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(set(statuses)):
+        declared[status] = {"model": ErrorResponse, "description": _DESCRIPTIONS[status]}
+        if status == 503:
+            declared[status]["headers"] = _RETRY_AFTER
+    return declared
+
+
 _DOMAIN = [
     (CollectionNotFound, 404, "not_found"),
     (FilterError, 422, "invalid_request"),
@@ -46,15 +76,44 @@ _DOMAIN = [
 ]
 
 
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
+    """Each error as 'where: what' and, for a wrong type, what was sent ("k": "5" is refused:
+    requests are strict, so a string, 5.0 or true is never taken for an integer)."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        if err.get("type") == "json_invalid":
-            parts.append("the body is not valid JSON: send a JSON object")
-        else:
-            parts.append(f"{loc or 'body'}: {err.get('msg')}")
+        message = f"{loc or 'body'}: {err.get('msg')}"
+        if str(err.get("type", "")).endswith("_type") and "input" in err:
+            message += f" (got {_JSON_KINDS.get(type(err['input']), 'another type')})"
+        parts.append(message)
     return "; ".join(parts) or "invalid request"
+
+
+def _routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes of an app, those of included routers too (FastAPI keeps an included
+    router as one entry; this app includes them without a prefix of their own)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        yield from _routes(included.routes) if included is not None else [route]
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (the 405 of Starlette and FastAPI names
+    only the methods of the first route whose path matched)."""
+    methods: set[str] = set()
+    for route in _routes(request.app.router.routes):
+        methods_of = getattr(route, "methods", None)
+        if methods_of and route.matches(dict(request.scope))[0] != Match.NONE:
+            methods |= methods_of
+    return sorted(methods)
+
+
+_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+          415: "unsupported_media_type"}
 
 
 def install(app: FastAPI) -> None:
@@ -64,17 +123,24 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):  # a route not parsing with JsonRoute
+            return error_response(400, "invalid_json", "the body is not valid JSON; send a JSON object")
         return error_response(422, "invalid_request", _describe_validation(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint; see /docs for the API"
         if exc.status_code == 400 and "parsing the body" in message:
-            message = "the body could not be parsed: send UTF-8 encoded JSON"
-        code = {413: "too_large", 400: "invalid_body"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+            message = "the body could not be parsed; send a JSON object encoded as UTF-8"
+        if exc.status_code == 405:
+            allowed = _allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not served on {request.url.path[:200]}; use {' or '.join(allowed)}"
+        code = getattr(exc, "code", None) or _CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, message, headers or None)
 
     @app.exception_handler(UnicodeEncodeError)
     async def _not_unicode(_: Request, exc: UnicodeEncodeError) -> JSONResponse:

@@ -1,196 +1,113 @@
-"""Request and response bodies of the HTTP API (the OpenAPI schema is generated from these).
+"""Request bodies of the HTTP API (responses are in :mod:`embedsvc.responses`, shared with
+the client; the OpenAPI schema is generated from both).
 
 Requests are strict (no coercion: ``"k": "10"`` is an error) and forbid unknown fields, so
-a typo is a 422 that names it instead of an option silently ignored. Every route declares
-its response model, so the schema describes what the server really answers.
+a typo is a 422 that names it instead of an option silently ignored.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from embedsvc.collection import NAME_PATTERN, NAME_RULE
+from embedsvc.search.filters import FIELD
+
 Mode = Literal["auto", "dense", "lexical", "hybrid"]
-Fallback = Literal["no_index", "model_unavailable", "index_unavailable", "no_text"]
+
+# Some text, not only whitespace: what the server checks with str.strip(), for the schema.
+HAS_TEXT = r"\S"
+# No NUL character (checks.ids says why).
+NO_NUL = r"^[^\u0000]*$"
+
+
+def limit(**keywords: str) -> dict[str, Any]:
+    """Mark a field with JSON Schema keywords whose values are settings (``maxItems=
+    "max_batch_documents"``): :func:`embedsvc.api.openapi.state_limits` writes the values the
+    server enforces into the schema it serves."""
+    return {"x-limit": keywords}
+
+
+def filter_schema() -> dict[str, Any]:
+    """Mark a field as a metadata filter: the OpenAPI schema spells out its grammar."""
+    return {"x-filter": True}
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # strict: JSON "5", 5.0 and true are not integers; no NaN or Infinity (not JSON, and no
+    # response could carry what they produce)
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 class SearchRequest(Request):
-    query: str = Field(..., min_length=1, description="Free text; limited to EMBEDSVC_MAX_QUERY_CHARS.")
-    k: int = Field(10, ge=1, description="Results wanted; at most EMBEDSVC_MAX_K (default 1000).")
+    query: str = Field(..., min_length=1, description="Free text, not only whitespace; at most "
+                                                      "EMBEDSVC_MAX_QUERY_CHARS characters.",
+                       json_schema_extra={"pattern": HAS_TEXT, **limit(maxLength="max_query_chars")})
+    k: int = Field(10, ge=1, description="Results wanted; at most EMBEDSVC_MAX_K (default 1000).",
+                   json_schema_extra=limit(maximum="max_k"))
     mode: Mode = Field("auto", description="auto: hybrid when an index (or fresh vectors) and the "
                                            "model are ready, else whichever side can answer.")
     model: str | None = Field(None, description="Refuse (409) unless the index uses this model.")
     filter: dict[str, Any] | None = Field(
         None, description='Metadata filter, e.g. {"year": {"$gte": 2015}, "kind": {"$in": '
-                          '["review"]}}: equality, $ne, $in, $nin, $gt, $gte, $lt, $lte, $and, $or.')
-    rrf_k: int | None = Field(None, ge=1, description="Hybrid: RRF constant (EMBEDSVC_RRF_K).")
-    dense_weight: float | None = Field(None, ge=0, description="Hybrid: weight of the dense ranking.")
-    lexical_weight: float | None = Field(None, ge=0, description="Hybrid: weight of the BM25 ranking.")
+                          '["review"]}}: equality, $ne, $in, $nin, $gt, $gte, $lt, $lte, $and, $or; '
+                          "at most EMBEDSVC_MAX_FILTER_DEPTH levels of $and/$or and "
+                          "EMBEDSVC_MAX_FILTER_CONDITIONS conditions.",
+        json_schema_extra=filter_schema())
+    rrf_k: int | None = Field(None, ge=1, le=1_000_000, description="Hybrid: RRF constant (EMBEDSVC_RRF_K).")
+    # weights are bounded so that fused scores stay finite as the float32 the hits carry
+    dense_weight: float | None = Field(None, ge=0, le=1e6, description="Hybrid: weight of the dense ranking.")
+    lexical_weight: float | None = Field(None, ge=0, le=1e6, description="Hybrid: weight of the BM25 ranking.")
     include_text: bool = False
     include_metadata: bool = False
 
 
-class PassageOut(BaseModel):
-    ord: int = Field(..., description="Which passage of the document (0 for the first).")
-    start: int = Field(..., description="Character offset in title + ' ' + text.")
-    end: int
-    text: str
-
-
-class HitOut(BaseModel):
-    id: str
-    score: float
-    title: str
-    text: str | None = None
-    metadata: dict[str, Any] | None = None
-    passage: PassageOut | None = Field(None, description="The passage that matched (dense).")
-
-
-class SearchResponse(BaseModel):
-    collection: str
-    mode: str = Field(..., description="The mode actually used.")
-    fallback: Fallback | None = Field(None, description="Why a side was missing, if one was.")
-    index_version: int | None
-    took_ms: float
-    hits: list[HitOut]
-
-
 class DocumentIn(Request):
-    id: str = Field(..., min_length=1, max_length=1024)
+    """A document to store: some text in ``title`` or ``text``, and under
+    EMBEDSVC_MAX_DOCUMENT_BYTES (title, text and metadata as UTF-8) in all."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"properties": {"text": {"pattern": HAS_TEXT}}},
+        {"required": ["title"], "properties": {"title": {"pattern": HAS_TEXT}}}]})
+
+    id: str = Field(..., min_length=1, max_length=1024, description="Distinct within one call; no NUL character.",
+                    json_schema_extra={"pattern": NO_NUL})
     title: str = ""
     text: str
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class DocumentOut(BaseModel):
-    id: str
-    title: str
-    text: str
-    metadata: dict[str, Any]
-
-
 class UpsertRequest(Request):
     documents: list[DocumentIn] = Field(
-        ..., min_length=1, description="At most EMBEDSVC_MAX_BATCH_DOCUMENTS, distinct ids.")
-
-
-class UpsertResponse(BaseModel):
-    collection: str
-    seq: int = Field(..., description="Number of this write: later writes have larger ones.")
-    created: int
-    updated: int = Field(..., description="Text changed: embedded again.")
-    unchanged: int = Field(..., description="Same text: metadata and title stored, nothing embedded.")
+        ..., min_length=1, description="At most EMBEDSVC_MAX_BATCH_DOCUMENTS, distinct ids.",
+        json_schema_extra=limit(maxItems="max_batch_documents"))
 
 
 class DeleteRequest(Request):
-    ids: list[str] | None = Field(None, description="Documents to delete by id.")
-    filter: dict[str, Any] | None = Field(None, description="Or every document this filter matches.")
+    """Exactly one of ``ids`` and ``filter`` (the other absent or null)."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
+        {"required": ["filter"], "properties": {"filter": {"type": "object"}}}]})
 
-class DeleteResponse(BaseModel):
-    collection: str
-    seq: int
-    deleted: int
-    missing: list[str] = Field(..., description="Ids asked for that did not exist.")
+    ids: list[Annotated[str, Field(json_schema_extra={"pattern": NO_NUL})]] | None = Field(
+        None, description="Documents to delete by id; at most EMBEDSVC_MAX_BATCH_DOCUMENTS.",
+                                  json_schema_extra=limit(maxItems="max_batch_documents"))
+    filter: dict[str, Any] | None = Field(None, description="Or every document this filter matches.",
+                                          json_schema_extra=filter_schema())
 
 
 class CreateCollectionRequest(Request):
-    name: str = Field(..., description="1-64 letters, digits, '_', '-' or '.'.")
+    name: str = Field(..., description=f"{NAME_RULE}.", json_schema_extra={"pattern": f"^{NAME_PATTERN}$"})
     model: str | None = Field(None, description="Model of its vectors (EMBEDSVC_DEFAULT_MODEL).")
-    indexed_fields: list[str] = Field(
+    indexed_fields: list[Annotated[str, Field(json_schema_extra={"pattern": f"^{FIELD.pattern}$"})]] = Field(
         default_factory=list, description="Metadata fields to index in SQLite for fast filters.")
 
 
-class IndexInfo(BaseModel):
-    version: int
-    layout: str
-    dim: int
-    count: int
-    metric: str
-    recall_at_10: float | None
-    index_bytes: int
-    created_at: float
-    weights_sha256: str | None
-    search_params: str | None
-    compacted_from: int | None = None
-    shards: int
-
-
-class CollectionInfo(BaseModel):
-    name: str
-    model: str | None
-    documents: int
-    indexed_vectors: int = Field(..., description="Vectors in the served index version.")
-    fresh_vectors: int = Field(..., description="Embedded since the last compaction, searched exactly.")
-    deleted_vectors: int = Field(..., description="In the index but deleted or replaced (tombstones).")
-    pending: int = Field(..., description="Documents waiting to be embedded (answered lexically).")
-    index_version: int | None
-    layout: str | None
-    index: IndexInfo | None
-    indexed_fields: list[str]
-    complete: bool = Field(..., description="False while a first build has not finished.")
-    model_state: str | None
-    leader: str | None = Field(..., description="Process holding the writer lease.")
-    last_compaction: float | None
-
-
-class CollectionList(BaseModel):
-    collections: list[str]
-
-
-class Deleted(BaseModel):
-    deleted: str
-
-
-class JobOut(BaseModel):
-    id: str
-    collection: str
-    kind: str
-    state: Literal["queued", "running", "done", "failed"]
-    phase: str | None
-    progress: float
-    error: str | None
-    result: dict[str, Any]
-    attempts: int
-    created_at: float | None
-    started_at: float | None
-    finished_at: float | None
-
-
-class JobList(BaseModel):
-    jobs: list[JobOut]
-
-
 class EmbedRequest(Request):
-    texts: list[str] = Field(..., min_length=1, description="At most EMBEDSVC_MAX_EMBED_TEXTS.")
+    texts: list[Annotated[str, Field(json_schema_extra=limit(maxLength="max_query_chars"))]] = Field(
+        ..., min_length=1, description="At most EMBEDSVC_MAX_EMBED_TEXTS texts of at most "
+                                       "EMBEDSVC_MAX_QUERY_CHARS characters.",
+        json_schema_extra=limit(maxItems="max_embed_texts"))
     model: str | None = Field(None, description="Model name; the default model when omitted.")
-
-
-class EmbedResponse(BaseModel):
-    model: str
-    dim: int
-    vectors: list[list[float]]
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-
-
-class Readiness(BaseModel):
-    status: Literal["ready", "degraded"]
-    models: dict[str, str]
-    collections: list[str]
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody

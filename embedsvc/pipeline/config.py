@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_-]+)\.([A-Za-z0-9_]+)\}")
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class PipelineError(Exception):
@@ -92,7 +92,7 @@ def _output(outputs: dict[str, dict[str, Any]], stage: str, key: str) -> Any:
 def parse(data: dict[str, Any], known_kinds: set[str], source: Path | None = None) -> Pipeline:
     where = str(source or "pipeline")
     name = data.get("name") or (source.stem if source else "pipeline")
-    if not _NAME.match(str(name)):
+    if not _NAME.fullmatch(str(name)):
         raise PipelineError(f"{where}: name {name!r} must be letters, digits, '_' or '-'")
     raw = data.get("stages")
     if not isinstance(raw, dict) or not raw:
@@ -107,7 +107,7 @@ def parse(data: dict[str, Any], known_kinds: set[str], source: Path | None = Non
 
 
 def _stage(where: str, name: str, table: Any, known: set[str], retries: int) -> Stage:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise PipelineError(f"{where}: stage name {name!r} must be letters, digits, '_' or '-'")
     if not isinstance(table, dict):
         raise PipelineError(f"{where}: [stages.{name}] must be a table")
