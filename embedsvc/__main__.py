@@ -1,5 +1,5 @@
 """``python -m embedsvc``: the same CLI as the ``embedsvc`` command."""
 
-from embedsvc.cli import app
+from embedsvc.cli import run
 
-app(prog_name="embedsvc")
+run()

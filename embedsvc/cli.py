@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,7 @@ from rich.table import Table
 from embedsvc.cli_collections import collections_app
 from embedsvc.cli_common import console, err_console, fail, settings_of, user_errors
 from embedsvc.cli_index import index_app
+from embedsvc.cli_keys import keys_app
 from embedsvc.cli_pipeline import pipeline_app
 from embedsvc.settings import Settings, use_settings
 
@@ -28,6 +30,10 @@ app = typer.Typer(help="Embeddings and vector search: index, serve, search, eval
 app.add_typer(index_app, name="index")
 app.add_typer(collections_app, name="collections")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(keys_app, name="keys")
+
+# Set by --debug: let unexpected errors show their traceback.
+_debug = False
 
 
 class ModeChoice(StrEnum):
@@ -42,7 +48,10 @@ def main(
     ctx: typer.Context,
     home: Annotated[Path | None, typer.Option(help="Home folder (EMBEDSVC_HOME).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
 ) -> None:
+    global _debug
+    _debug = debug
     settings = use_settings(Settings(**({"home": home} if home else {})))
     level = "DEBUG" if verbose else settings.log_level
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
@@ -60,25 +69,46 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (EMBEDSVC_PORT).")] = None,
     workers: Annotated[int | None, typer.Option(
         min=1, help="Server processes sharing the home folder (EMBEDSVC_WORKERS).")] = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Serve beyond loopback without API keys (EMBEDSVC_INSECURE).")] = False,
 ) -> None:
-    """Serve the HTTP API (docs at /docs)."""
+    """Serve the HTTP API (docs at /docs). Without API keys it serves loopback only."""
     import os
+    import shutil
 
     import uvicorn
 
     from embedsvc.api.app import create_app
+    from embedsvc.api.auth import check_exposure
+    from embedsvc.keys import KeyRing
     from embedsvc.settings import environment_of
 
     settings = settings_of(ctx)
-    if workers is not None:
-        settings = use_settings(settings.model_copy(update={"workers": workers}))
+    asked = {"workers": workers, "insecure": insecure or None}
+    settings = use_settings(settings.model_copy(update={k: v for k, v in asked.items() if v is not None}))
     where = {"host": host or settings.host, "port": port or settings.port,
-             "log_level": settings.log_level.lower()}
+             "log_level": settings.log_level.lower(),
+             "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
+             "access_log": False}  # ours is the JSON line of embedsvc.access
+    with user_errors():
+        refused = check_exposure(settings, where["host"])
+        keyed = KeyRing(settings).enabled
+    if refused:
+        raise fail(refused)
+    if not keyed:
+        logging.getLogger("embedsvc").warning(
+            "no API keys configured: the server is UNAUTHENTICATED (anyone reaching %s:%s may "
+            "write and delete); see `embedsvc keys create`", where["host"], where["port"])
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **where)
         return
-    # each worker process builds its app from the environment: hand the settings over
-    os.environ.update(environment_of(settings))
+    # each worker process builds its app from the environment: hand the settings over,
+    # with a fresh folder where the workers merge their metrics
+    shared = settings.metrics_dir or settings.home / "run" / f"metrics-{where['port']}"
+    shutil.rmtree(shared, ignore_errors=True)
+    shared.mkdir(parents=True)
+    settings = use_settings(settings.model_copy(update={"metrics_dir": shared}))
+    os.environ.update({**environment_of(settings), "PROMETHEUS_MULTIPROC_DIR": str(shared)})
     uvicorn.run("embedsvc.api.app:create_app", factory=True, workers=settings.workers, **where)
 
 
@@ -125,8 +155,6 @@ def _parse_json_option(name: str, value: str | None) -> dict | None:
 
 def _search_local(settings: Settings, collection: str, query: str, k: int, mode: str,
                   where: dict | None) -> dict:
-    from dataclasses import asdict
-
     from embedsvc.search.filters import compile_filter
     from embedsvc.service import local_searcher
 
@@ -136,18 +164,16 @@ def _search_local(settings: Settings, collection: str, query: str, k: int, mode:
         result = local_searcher(settings, collection).search(query, k, mode, where=compiled)
     return {"collection": collection, "mode": result.mode, "fallback": result.fallback,
             "index_version": result.index_version, "took_ms": result.took_ms,
-            "hits": [asdict(h) for h in result.hits]}
+            "hits": [h.model_dump() for h in result.hits]}
 
 
 def _search_remote(url: str, collection: str, query: str, k: int, mode: str,
                    where: dict | None) -> dict:
-    from dataclasses import asdict
-
     from embedsvc.client import Client, EmbedsvcError
 
     try:
         with Client(url) as client:
-            return asdict(client.search(collection, query, k=k, mode=mode, filter=where))
+            return client.search(collection, query, k=k, mode=mode, filter=where).model_dump()
     except EmbedsvcError as exc:
         raise fail(exc.message) from exc
 
@@ -203,3 +229,17 @@ def _mount_training() -> None:
 
 
 _mount_training()
+
+
+def run() -> None:
+    """The ``embedsvc`` command: an unexpected error is one line (and exit code 1), its
+    traceback only with ``--debug``; errors a user can fix never have one."""
+    try:
+        app(prog_name="embedsvc")
+    except Exception as exc:  # noqa: BLE001 - the last line of defence of a command line tool
+        if _debug:
+            raise
+        err_console.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        err_console.print("(an unexpected error: run again with --debug for the traceback, and "
+                          "please report it)", style="dim")
+        sys.exit(1)

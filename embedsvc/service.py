@@ -27,6 +27,7 @@ from embedsvc.live import jobs
 from embedsvc.live.lease import current as current_lease
 from embedsvc.live.worker import LiveWorker
 from embedsvc.live.writes import DocumentIn, WriteResult, delete_documents, upsert_documents
+from embedsvc.metrics import record_index_damage
 from embedsvc.model_pool import ModelPool
 from embedsvc.search.filters import CompiledFilter
 from embedsvc.search.searcher import Fusion, Searcher
@@ -60,6 +61,10 @@ class Service:
         self._lock = threading.Lock()
         self._broken: set[str] = set()
         self.worker = LiveWorker(settings, self.stores, self.models.get)
+        self._index_state: dict[str, str] = {}  # collection -> loading | ready | failed
+        self.stopping = False
+        self._stop = threading.Event()
+        self._verifier: threading.Thread | None = None
 
     # --- collections ------------------------------------------------------------------------
     def collections(self) -> list[str]:
@@ -78,6 +83,7 @@ class Service:
             self._searchers.pop(name, None)
             paths, store = open_store(self.settings.collections_dir, name)
             searcher = Searcher(paths, store, self.models.get, fusion=fusion_of(self.settings))
+            searcher.on_damage = record_index_damage
             self._searchers[name] = (identity, searcher)
             return searcher
 
@@ -147,18 +153,50 @@ class Service:
 
     # --- start-up and state -----------------------------------------------------------------
     def start(self) -> None:
-        """Background work: leases, embedding, jobs; and, if set, preloading."""
+        """Background work: leases, embedding, jobs, checking served files; and, if set,
+        preloading."""
         if self.settings.preload_models:
             self.preload()
         self.worker.start()
+        if self.settings.verify_interval_seconds > 0:
+            self._verifier = threading.Thread(target=self._verify_loop, name="verify-indexes",
+                                              daemon=True)
+            self._verifier.start()
+
+    def begin_stopping(self) -> None:
+        """Shutdown has begun (SIGTERM): readiness turns false so no new traffic is sent."""
+        self.stopping = True
+        log.info("shutting down: finishing the requests in flight (at most %.0f s)",
+                 self.settings.shutdown_timeout_seconds)
 
     def stop(self) -> None:
+        """Stop background work and close every database connection cleanly."""
+        self.stopping = True
+        self._stop.set()
         self.worker.stop()
+        if self._verifier is not None:
+            self._verifier.join(timeout=30)
+        with self._lock:
+            for _, searcher in self._searchers.values():
+                searcher.store.close_all()
+            self._searchers.clear()
+        log.info("stopped: databases closed")
+
+    def _verify_loop(self) -> None:
+        """Re-check the served index files on an interval: a file damaged under a running
+        server (memory-mapped, so read again at each search) must not go on answering."""
+        while not self._stop.wait(self.settings.verify_interval_seconds):
+            for name, (_, searcher) in list(self._searchers.items()):
+                try:
+                    searcher.verify()
+                except Exception:  # noqa: BLE001 - one collection's trouble must not stop the checks
+                    log.exception("%s: checking the index files failed", name)
 
     def preload(self) -> None:
         """Start loading every model a collection uses, and its index, in the background:
         the server answers at once (a query that needs an index still loading waits for
         it), and checksumming large indexes never delays the start."""
+        self.models.get(self.settings.default_model)
         searchers = []
         for name in self.collections():
             searcher = self.searcher(name)
@@ -166,8 +204,9 @@ class Service:
             if model_id:
                 self.models.get(model_id)
                 searchers.append(searcher)
-        threading.Thread(target=_load_indexes, args=(searchers,), name="preload-indexes",
-                         daemon=True).start()
+                self._index_state[name] = "loading"
+        threading.Thread(target=_load_indexes, args=(searchers, self._index_state),
+                         name="preload-indexes", daemon=True).start()
 
     def describe(self, name: str) -> dict[str, Any]:
         """What a collection holds and serves, including what is not indexed yet."""
@@ -211,22 +250,52 @@ class Service:
         info["shards"] = len(manifest.get("shards", []))
         return info
 
-    def readiness(self) -> dict[str, str]:
-        """Models the collections need and their state; ready when none is still loading."""
-        wanted = {}
+    def readiness(self) -> dict[str, Any]:
+        """Ready once the default model, every model the collections need and their indexes
+        are loaded; ``degraded`` when one failed (search still answers, with a fallback);
+        ``stopping`` from SIGTERM on."""
+        loaded = self.models.status()
+        models = {self.settings.default_model: "not_loaded"}
+        indexes = {}
         for name in self.collections():
-            model_id = self.store(name).get_meta("model_id")
+            try:
+                model_id = self.store(name).get_meta("model_id")
+            except CollectionNotFound:
+                continue
             if model_id:
-                wanted[model_id] = self.models.status().get(model_id, {}).get("state", "not_loaded")
-        return wanted
+                models[model_id] = "not_loaded"
+                indexes[name] = self._index_state_of(name)
+        models = {m: loaded.get(m, {}).get("state") or state for m, state in models.items()}
+        # what was not preloaded (preloading off, or a collection made since) loads on first
+        # use: not a reason to wait
+        states = set(models.values()) | set(indexes.values())
+        status = ("stopping" if self.stopping else "degraded" if "failed" in states
+                  else "starting" if "loading" in states else "ready")
+        return {"status": status, "models": models, "indexes": indexes,
+                "collections": self.collections()}
 
 
-def _load_indexes(searchers: list[Searcher]) -> None:
+    def _index_state_of(self, name: str) -> str:
+        """none (no version yet), loading, ready, failed (e.g. found damaged) or not_loaded."""
+        cached = self._searchers.get(name)
+        if cached is not None and cached[1].index_failed:
+            return "failed"
+        if self.store(name).get_meta("current_version") is None:
+            return "none"
+        if cached is not None and cached[1].current_index_loaded:
+            return "ready"
+        return self._index_state.get(name, "not_loaded")
+
+
+def _load_indexes(searchers: list[Searcher], state: dict[str, str]) -> None:
     for searcher in searchers:
+        name = searcher.paths.name
         try:
             searcher.current_index()
+            state[name] = "failed" if searcher.index_failed else "ready"
         except Exception:  # noqa: BLE001 - a query will meet the same error and report it
-            log.exception("%s: preloading the index failed", searcher.paths.name)
+            state[name] = "failed"
+            log.exception("%s: preloading the index failed", name)
         finally:
             searcher.store.close()  # this thread's connection
 

@@ -8,6 +8,7 @@ environment: they take a ``Settings`` or call :func:`get_settings`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +62,34 @@ class Settings(BaseSettings):
     compact_deleted_ratio: float = Field(
         0.2, gt=0, le=1,
         description="Share of the index's vectors deleted or replaced at which it compacts.")
+
+    # --- security: keys, exposure, rate limits ------------------------------------------------
+    api_keys_file: Path | None = Field(
+        None, description="File of '<sha256 of key> <scope> <name>' lines (default: "
+                          "<home>/api-keys, written by `embedsvc keys create`).")
+    api_keys: str = Field(
+        "", description="More keys in the same form, separated by commas (for containers).")
+    insecure: bool = Field(
+        False, description="Allow serving on a non-loopback address without API keys.")
+    metrics_scope: Literal["open", "admin"] = Field(
+        "open", description="Who may read /metrics: anyone, or keys with the admin scope.")
+    rate_limit_per_second: float = Field(
+        0.0, ge=0, description="Requests per second per API key (per client address without "
+                               "keys), as a token bucket; 0 turns rate limiting off.")
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a key may send at once.")
+    shutdown_timeout_seconds: float = Field(
+        30.0, gt=0, description="On SIGTERM, how long requests in flight may take to finish.")
+    verify_interval_seconds: float = Field(
+        300.0, ge=0, description="How often served index files are checked against their "
+                                 "checksums (0: never after loading).")
+
+    metrics_dir: Path | None = Field(
+        None, description="Set by `serve --workers N`: where the workers merge their metrics "
+                          "(prometheus_client's multiprocess mode).")
+
+    @property
+    def keys_path(self) -> Path:
+        return self.api_keys_file or self.home / "api-keys"
 
     @property
     def collections_dir(self) -> Path:

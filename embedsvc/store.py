@@ -119,6 +119,8 @@ class Store:
         self.path = path
         self.durable = durable  # False for a build's writes: see schema.configure
         self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []  # every thread's, for close_all
+        self._opened_lock = threading.Lock()
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -128,13 +130,26 @@ class Store:
                                    isolation_level=None)
             configure(conn, self.durable)
             self._local.conn = conn
+            with self._opened_lock:
+                self._opened.append(conn)
         return conn
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
+            with self._opened_lock:
+                self._opened.remove(conn)
             conn.close()
             self._local.conn = None
+
+    def close_all(self) -> None:
+        """Close every thread's connection (at shutdown, when no request runs any more), so
+        the last one out checkpoints the WAL and the files are left tidy."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
+        self._local = threading.local()
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

@@ -87,3 +87,19 @@ def test_collections_commands_and_compact(settings: Settings) -> None:
     assert invoke(home, "collections", "delete", "notes", "--yes").exit_code == 0
     gone = invoke(home, "collections", "show", "notes")
     assert gone.exit_code == 1 and "does not exist" in gone.output
+
+
+def test_unexpected_errors_are_one_line_unless_debug(tmp_path: Path) -> None:
+    """A collection whose database is not SQLite: no traceback, except with --debug."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "home" / "collections" / "broken"
+    folder.mkdir(parents=True)
+    (folder / "collection.db").write_bytes(b"this is not a database" * 100)
+    command = [sys.executable, "-m", "embedsvc", "--home", str(tmp_path / "home")]
+    plain = subprocess.run([*command, "search", "broken", "x"], capture_output=True, text=True)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert "error: DatabaseError" in plain.stderr and "--debug" in plain.stderr
+    debug = subprocess.run([*command, "--debug", "search", "broken", "x"], capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr

@@ -27,14 +27,15 @@ from tests.conftest import free_port, make_settings, wait_for
 class ServerProcess:
     """``embedsvc serve`` in a child process (killable), on a free loopback port."""
 
-    def __init__(self, settings: Settings, workers: int = 1):
+    def __init__(self, settings: Settings, workers: int = 1, log: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "embedsvc", "--home", str(settings.home), "serve",
                    "--port", str(self.port), "--workers", str(workers)]
-        env = {**os.environ, **environment_of(settings)}
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        env = {**os.environ, **environment_of(settings), "COLUMNS": "200"}
+        output = log.open("w") if log is not None else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, env=env, stdout=output, stderr=output,
+                                        start_new_session=True)
         wait_for(self._up, timeout=120, interval=0.2)
 
     def _up(self) -> bool:
@@ -164,3 +165,20 @@ def test_workers_share_writes_and_survive_a_leader_killed_mid_compaction(
     paths, store = open_store(proc_settings.collections_dir, "c")
     assert check_collection(paths, store, proc_settings.models_dir) == []
     assert not [p for p in paths.versions.iterdir() if p.name.startswith(".")]  # no half version
+
+
+def test_metrics_of_all_workers_are_merged(tmp_path: Path, bundled_model: Path):
+    """With ``--workers 2`` a scrape reaching either worker counts every worker's requests."""
+    settings = make_settings(tmp_path / "home", bundled_model, preload_models=False)
+    with ServerProcess(settings, workers=2) as server:
+        fresh = httpx.Client(base_url=server.url, transport=httpx.HTTPTransport(
+            limits=httpx.Limits(max_keepalive_connections=0)))
+        assert {fresh.get("/v1/collections/nope").status_code for _ in range(20)} == {404}
+
+        def not_found_count(text: str) -> float:
+            prefix = 'embedsvc_http_requests_total{method="GET",route="/v1/collections/{name}",status="404"}'
+            return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+        for _ in range(6):  # whichever worker answers the scrape, it reports all 20
+            assert not_found_count(fresh.get("/metrics").text) == 20
+        assert list((settings.home / "run").glob("metrics-*/*.db"))

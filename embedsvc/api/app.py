@@ -3,19 +3,44 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from embedsvc import __version__
-from embedsvc.api import errors
+from embedsvc.api import auth, errors, observability, openapi
 from embedsvc.api.limits import BodyLimitMiddleware
 from embedsvc.api.routes import collections, documents, embed, health, jobs
 from embedsvc.service import Service
 from embedsvc.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+# The API's routers; the health router's routes are open, the others carry their scope.
+ROUTERS = (health.router, collections.router, documents.router, jobs.router, embed.router)
+
+
+def on_termination(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` first when SIGTERM arrives, then uvicorn's own handler (which stops
+    accepting and lets requests in flight finish); returns what undoes it.
+
+    Signals reach the main thread only: a server run in another thread (tests) has none.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        callback()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -25,17 +50,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.start()
+        restore = on_termination(service.begin_stopping)
         try:
             yield
         finally:
+            restore()
             service.stop()
 
     app = FastAPI(title="embedsvc", version=__version__, lifespan=lifespan,
-                  description="Embeddings and vector search with cold-start fallbacks.")
+                  description="Embeddings and vector search with cold-start fallbacks.",
+                  docs_url=None, redoc_url=None)  # openapi.install serves /docs offline
     app.state.service = service
     errors.install(app)
+    openapi.install(app, settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    for router in (health.router, collections.router, documents.router, jobs.router,
-                   embed.router):
-        app.include_router(router)
+    observability.install(app, settings)
+    auth.install(app, settings)
+    app.include_router(health.router, dependencies=[Depends(auth.authorize_unlisted)])
+    for router in ROUTERS[1:]:
+        app.include_router(router, dependencies=[Depends(auth.authorize)], responses=auth.AUTH_RESPONSES)
     return app

@@ -25,12 +25,14 @@ from typing import Literal
 
 import numpy as np
 
-# The client's result types are the server's too: one definition of a hit for both sides.
-from embedsvc.client import Hit, Passage
 from embedsvc.collection import CollectionPaths
 from embedsvc.encoders import Encoder
+from embedsvc.files import read_json
+
+# The client's result types are the server's too: one definition of a hit for both sides.
+from embedsvc.responses import Hit, Passage
 from embedsvc.search import fresh as live
-from embedsvc.search.dense import DenseIndex, IdFilter, IndexLoadError, merge_top
+from embedsvc.search.dense import DenseIndex, IdFilter, IndexLoadError, damaged_shards, merge_top
 from embedsvc.search.filters import CompiledFilter
 from embedsvc.search.fusion import rrf
 from embedsvc.search.lexical import search_lexical
@@ -78,6 +80,14 @@ class SearchResult:
 
 EncoderLookup = Callable[[str], Encoder | None]
 
+# Inner products of unit vectors lie in [-1, 1]; approximate layouts (PQ) stray a little.
+# Past this, the index's memory holds something other than what was built: damage.
+IMPOSSIBLE_SCORE = 1.5
+
+
+class IndexDamaged(Exception):
+    """The served index gave an answer it cannot give when intact; it has been dropped."""
+
 
 @dataclass(frozen=True)
 class _Restriction:
@@ -103,6 +113,7 @@ class Searcher:
         self._view: live.LiveView | None = None
         self._failed_version: int | None = None
         self._reload_lock = threading.Lock()
+        self.on_damage: Callable[[str], None] = lambda name: None  # e.g. count it in a metric
 
     # --- the current snapshot --------------------------------------------------------------
     def view(self) -> live.LiveView:
@@ -152,9 +163,47 @@ class Searcher:
                       wanted, held.manifest["version"] if held else "none", exc)
             return held
 
+    def drop_damaged(self, index: DenseIndex, why: str) -> None:
+        """Stop serving a version found damaged after it was loaded: from now on it is
+        answered as one that cannot be loaded, until a new version (or the intact files,
+        see :meth:`verify`) comes."""
+        version = index.manifest["version"]
+        with self._reload_lock:
+            if self._view is None or self._view.index is not index:
+                return  # already dropped
+            self._failed_version = version
+            self._view = None
+        log.error("%s: index version %s is damaged and no longer served (%s); searches fall "
+                  "back to lexical with fallback index_unavailable; rebuild with `embedsvc index "
+                  "build %s` or restore the files", self.paths.name, version, why, self.paths.name)
+        self.on_damage(self.paths.name)
+
+    def verify(self) -> None:
+        """Check the served version's files against their checksums (the background check
+        of a server); and let a version dropped as damaged back in once its files match."""
+        view = self._view
+        if view is not None and view.index is not None:
+            problems = damaged_shards(view.index.folder, view.index.manifest)
+            if problems:
+                self.drop_damaged(view.index, "; ".join(problems))
+        elif self._failed_version is not None:
+            folder = self.paths.version_dir(self._failed_version)
+            manifest_path = folder / "manifest.json"
+            if manifest_path.is_file() and not damaged_shards(folder, read_json(manifest_path)):
+                log.info("%s: the files of version %s match their checksums again; loading it",
+                         self.paths.name, self._failed_version)
+                with self._reload_lock:
+                    self._failed_version, self._view = None, None
+
     def current_index(self) -> DenseIndex | None:
         """The index version being served (loading it if it changed)."""
         return self.view().index
+
+    @property
+    def current_index_loaded(self) -> bool:
+        """True once a version is loaded and served (without loading anything)."""
+        view = self._view
+        return view is not None and view.index is not None
 
     @property
     def index_failed(self) -> bool:
@@ -174,6 +223,15 @@ class Searcher:
                     include_metadata: bool = False, where: CompiledFilter | None = None,
                     fusion: Fusion | None = None) -> list[SearchResult]:
         """Search several queries at once (one encoder call), e.g. for evaluation."""
+        args = (queries, k, mode, model, include_text, include_metadata, where, fusion)
+        try:
+            return self._search_many(*args)
+        except IndexDamaged:  # the version is dropped now: answer as for one that cannot load
+            return self._search_many(*args)
+
+    def _search_many(self, queries: Sequence[str], k: int, mode: str, model: str | None,
+                     include_text: bool, include_metadata: bool, where: CompiledFilter | None,
+                     fusion: Fusion | None) -> list[SearchResult]:
         start = time.perf_counter()
         view = self.view()
         used, fallback, encoder = self._plan(view, mode, model)
@@ -277,13 +335,23 @@ class Searcher:
         parts = []
         if view.index is not None and not (only.index is not None and only.index.include
                                            and not len(only.index.ids)):
-            parts.append(view.index.search(vectors, min(depth, view.index.count), only.index))
+            parts.append(self._checked(view.index, view.index.search(
+                vectors, min(depth, view.index.count), only.index)))
         if len(view.fresh):
             parts.append(view.fresh.search(vectors, depth, only.fresh))
         if not parts:
             return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
         return merge_top(np.concatenate([p[0] for p in parts], axis=1),
                          np.concatenate([p[1] for p in parts], axis=1), depth)
+
+    def _checked(self, index: DenseIndex,
+                 found: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        scores = found[0][found[1] >= 0]
+        if len(scores) and not np.all(np.abs(scores) <= IMPOSSIBLE_SCORE):
+            worst = scores[~(np.abs(scores) <= IMPOSSIBLE_SCORE)][0]
+            self.drop_damaged(index, f"a search returned the score {worst:g}, impossible for unit vectors")
+            raise IndexDamaged(self.paths.name)
+        return found
 
     def _restriction(self, view: live.LiveView, where: CompiledFilter | None) -> _Restriction:
         """The vectors dense search may return: all live ones, or those a filter matches."""
@@ -332,10 +400,10 @@ class Searcher:
             start, end = spans.get(vid, (0, 0)) if vid is not None else (0, 0)
             if end > start:  # documents with no text (embeddings made elsewhere) have none
                 text = document_text(row.title, row.text)[start:end]
-                passage = Passage(split_id(vid)[1], start, end, text)
-            hits.append(Hit(row.id, float(np.float32(score)), row.title,
-                            row.text if include_text else None,
-                            row.metadata if include_metadata else None, passage))
+                passage = Passage(ord=split_id(vid)[1], start=start, end=end, text=text)
+            hits.append(Hit(id=row.id, score=float(np.float32(score)), title=row.title,
+                            text=row.text if include_text else None,
+                            metadata=row.metadata if include_metadata else None, passage=passage))
         return hits
 
 

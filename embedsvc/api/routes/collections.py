@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter
 
 from embedsvc.api import checks
 from embedsvc.api.deps import ServiceDep, SettingsDep
-from embedsvc.api.errors import ApiError
-from embedsvc.api.schemas import (
-    CollectionInfo,
-    CollectionList,
-    CreateCollectionRequest,
-    Deleted,
-    ErrorResponse,
-    SearchRequest,
-    SearchResponse,
-)
-from embedsvc.encoders import ModelError
+from embedsvc.api.errors import JSON_BODY, ApiError, responses
+from embedsvc.api.limits import JsonRoute
+from embedsvc.api.schemas import CreateCollectionRequest, SearchRequest
+from embedsvc.collection import check_name
+from embedsvc.encoders import ModelError, is_named_model
 from embedsvc.metrics import record_search
+from embedsvc.responses import CollectionInfo, CollectionList, Deleted, SearchResult
 
-router = APIRouter(
-    prefix="/v1/collections",
-    tags=["collections"],
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-               422: {"model": ErrorResponse}},
-)
+router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=JsonRoute)
 
 
 @router.get("", operation_id="list_collections", response_model=CollectionList)
@@ -35,34 +23,42 @@ def list_collections(service: ServiceDep) -> CollectionList:
 
 
 @router.post("", operation_id="create_collection", response_model=CollectionInfo, status_code=201,
-             responses={409: {"model": ErrorResponse}})
+             responses=responses(*JSON_BODY, 409))
 def create_collection(body: CreateCollectionRequest, service: ServiceDep) -> CollectionInfo:
     """An empty collection for documents written through the API; its model embeds them."""
+    check_name(body.name)  # before the model is looked up: a bad name is the first thing to say
+    if body.model is not None and not is_named_model(body.model, service.settings.models_dir):
+        # a client must not make the server read folders of its choosing
+        raise ApiError(422, "invalid_request",
+                       f"model: '{body.model}' is not the default model nor a registered model "
+                       "version (name/version); a model folder on the server's disk can be used "
+                       "with `embedsvc collections create --model PATH` on the server")
     try:
         return CollectionInfo(**service.create(body.name, body.model, body.indexed_fields))
     except ModelError as exc:
         raise ApiError(422, "invalid_request", f"model: {exc}") from exc
 
 
-@router.get("/{name}", operation_id="get_collection", response_model=CollectionInfo)
+@router.get("/{name}", operation_id="get_collection", response_model=CollectionInfo,
+            responses=responses(400, 404, 503))
 def get_collection(name: str, service: ServiceDep) -> CollectionInfo:
     """Documents, vectors indexed, fresh, deleted and pending, and the version served."""
     return CollectionInfo(**service.describe(name))
 
 
 @router.delete("/{name}", operation_id="delete_collection", response_model=Deleted,
-               responses={409: {"model": ErrorResponse}})
+               responses=responses(400, 404, 409))
 def delete_collection(name: str, service: ServiceDep) -> Deleted:
     """Delete a collection and all its files (refused while a build or compaction runs)."""
     service.delete(name)
     return Deleted(deleted=name)
 
 
-@router.post("/{name}/search", operation_id="search", response_model=SearchResponse,
+@router.post("/{name}/search", operation_id="search", response_model=SearchResult,
              response_model_exclude_none=False,
-             responses={409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+             responses=responses(*JSON_BODY, 404, 409, 503))
 def search(name: str, body: SearchRequest, service: ServiceDep,
-           settings: SettingsDep) -> SearchResponse:
+           settings: SettingsDep) -> SearchResult:
     """Search a collection. The response says which mode answered and why, if degraded."""
     checks.search_limits(body, settings)
     where = checks.metadata_filter(body.filter, settings)
@@ -70,8 +66,8 @@ def search(name: str, body: SearchRequest, service: ServiceDep,
         body.query, body.k, body.mode, body.model, body.include_text, body.include_metadata,
         where, checks.fusion(body, settings))
     record_search(name, result.mode, result.fallback, result.took_ms / 1000)
-    return SearchResponse(
+    return SearchResult(
         collection=name, mode=result.mode, fallback=result.fallback,
         index_version=result.index_version, took_ms=result.took_ms,
-        hits=[asdict(hit) for hit in result.hits],
+        hits=result.hits,
     )

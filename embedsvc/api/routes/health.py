@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from embedsvc.api.deps import ServiceDep
-from embedsvc.api.schemas import Health, Readiness
+from embedsvc.api.deps import ServiceDep, SettingsDep
+from embedsvc.metrics import exposition
+from embedsvc.responses import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -19,17 +20,16 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", operation_id="readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "A model is loading or failed."}})
+            responses={503: {"model": Readiness,
+                             "description": "Starting (loading), degraded or stopping."}})
 def readyz(service: ServiceDep) -> JSONResponse:
-    """200 when every model the collections need is loaded (search is never down: BM25
-    answers meanwhile), 503 while one is still loading or has failed."""
-    models = service.readiness()
-    ready = all(state == "ready" for state in models.values())
-    body = Readiness(status="ready" if ready else "degraded", models=models,
-                     collections=service.collections())
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+    """200 once the default model, the collections' models and their indexes are loaded;
+    503 while loading, after one failed (search still answers, with a fallback) and from
+    SIGTERM on, so a load balancer sends traffic elsewhere."""
+    body = Readiness(**service.readiness())
+    return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
 
 @router.get("/metrics", operation_id="metrics", include_in_schema=False)
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+def metrics(settings: SettingsDep) -> Response:
+    return Response(exposition(settings.metrics_dir), media_type=CONTENT_TYPE_LATEST)

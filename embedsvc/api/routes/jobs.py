@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter
 
 from embedsvc.api.deps import ServiceDep
-from embedsvc.api.errors import ApiError
-from embedsvc.api.schemas import ErrorResponse, JobList, JobOut
+from embedsvc.api.errors import ApiError, responses
+from embedsvc.api.limits import JsonRoute
+from embedsvc.responses import Job, JobList
 
-router = APIRouter(tags=["jobs"], responses={404: {"model": ErrorResponse}})
+router = APIRouter(tags=["jobs"], route_class=JsonRoute)
 
 
-@router.post("/v1/collections/{name}/compact", operation_id="compact", response_model=JobOut,
-             status_code=202)
-def compact(name: str, service: ServiceDep) -> JobOut:
+@router.post("/v1/collections/{name}/compact", operation_id="compact", response_model=Job,
+             status_code=202, responses=responses(400, 404, 409, 503))
+def compact(name: str, service: ServiceDep) -> Job:
     """Fold the fresh segment and the deleted vectors into a new index version, in the
     background (the job already queued or running, if there is one)."""
-    return JobOut(**asdict(service.compact(name)))
+    return service.compact(name)
 
 
 @router.get("/v1/jobs", operation_id="list_jobs", response_model=JobList)
 def list_jobs(service: ServiceDep) -> JobList:
     """The most recent jobs of every collection, newest first."""
-    return JobList(jobs=[JobOut(**asdict(job)) for job in service.jobs()])
+    return JobList(jobs=service.jobs())
 
 
-@router.get("/v1/jobs/{job_id}", operation_id="get_job", response_model=JobOut)
-def get_job(job_id: str, service: ServiceDep) -> JobOut:
+@router.get("/v1/jobs/{job_id}", operation_id="get_job", response_model=Job, responses=responses(404))
+def get_job(job_id: str, service: ServiceDep) -> Job:
     job = service.job(job_id)
     if job is None:
         raise ApiError(404, "not_found", f"no job '{job_id}'; list them at /v1/jobs")
-    return JobOut(**asdict(job))
+    return job
