@@ -104,7 +104,7 @@ def serve(
         return
     # each worker process builds its app from the environment: hand the settings over,
     # with a fresh folder where the workers merge their metrics
-    shared = settings.metrics_dir or settings.home / "run" / f"metrics-{where['port']}"
+    shared = settings.home / "run" / f"metrics-{where['port']}"  # ours alone: emptied here
     shutil.rmtree(shared, ignore_errors=True)
     shared.mkdir(parents=True)
     settings = use_settings(settings.model_copy(update={"metrics_dir": shared}))

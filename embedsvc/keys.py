@@ -131,11 +131,9 @@ class KeyRing:
         self._keys = read_keys(settings)
         self._stamp = self._file_stamp()
         self._checked = time.monotonic()
-
-    @property
-    def enabled(self) -> bool:
-        self._reload_if_changed()
-        return bool(self._keys)
+        # Decided once: a server started with keys never opens up, even when the last key
+        # is revoked or the file is emptied (then every call is refused).
+        self.enabled = bool(self._keys)
 
     def find(self, presented: str) -> ApiKey | None:
         self._reload_if_changed()
@@ -164,5 +162,9 @@ class KeyRing:
             self._stamp = stamp
             try:
                 self._keys = read_keys(self.settings)
-            except KeyFileError as exc:  # a half-edited file must not lock everyone out
+            except (KeyFileError, OSError, ValueError) as exc:  # a half-edited file must not lock everyone out
                 log.error("keeping the previous API keys: %s", exc)
+                return
+            if self.enabled and not self._keys:
+                log.error("no API keys left in %s: every call is refused until one is created",
+                          self.settings.keys_path)

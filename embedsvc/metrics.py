@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -167,3 +168,9 @@ def exposition(workers_dir: Path | None) -> bytes:
     registry.register(ProcessCollector(registry=None))
     registry.register(_collector)
     return generate_latest(registry)
+
+
+def worker_stopped(workers_dir: Path | None) -> None:
+    """A worker's live gauges (requests in progress) leave the merged view when it exits."""
+    if workers_dir is not None:
+        mark_process_dead(os.getpid(), str(workers_dir))

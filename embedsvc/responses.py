@@ -152,9 +152,9 @@ class Health(Response):
 
 class Readiness(Response):
     status: Literal["ready", "degraded", "starting", "stopping"] = Field(
-        ..., description="ready: every model and index loaded (HTTP 200); starting: still "
-                         "loading; degraded: one failed (search answers with a fallback); "
-                         "stopping: shutting down (all three HTTP 503).")
+        ..., description="ready: every model and index loaded; degraded: one failed (search "
+                         "answers, with a fallback); both HTTP 200. starting: still loading; "
+                         "stopping: shutting down; both HTTP 503.")
     models: dict[str, str] = Field(..., description="loading, ready, failed or not_loaded.")
     indexes: dict[str, str] = Field(..., description="Each collection's served index version: "
                                                   "none (not built yet), loading, ready, failed "

@@ -115,6 +115,7 @@ class Service:
         spec = resolve_model(model or self.settings.default_model, self.settings.models_dir)
         create_collection(self.settings.collections_dir, name, spec.model_id, indexed_fields,
                           spec.weights_sha256)
+        self._index_state.pop(name, None)  # of a collection of that name deleted before
         if load_model:
             self.models.get(spec.model_id)
         return self.describe(name)
@@ -123,6 +124,7 @@ class Service:
         delete_collection(self.settings.collections_dir, name)
         with self._lock:
             self._searchers.pop(name, None)
+            self._index_state.pop(name, None)
 
     # --- documents --------------------------------------------------------------------------
     def upsert(self, name: str, documents: Sequence[DocumentIn]) -> WriteResult:
@@ -166,8 +168,9 @@ class Service:
     def begin_stopping(self) -> None:
         """Shutdown has begun (SIGTERM): readiness turns false so no new traffic is sent."""
         self.stopping = True
-        log.info("shutting down: finishing the requests in flight (at most %.0f s)",
-                 self.settings.shutdown_timeout_seconds)
+        log.info("shutting down: /readyz answers 503; in %.0f s new connections are refused and "
+                 "the requests in flight get at most %.0f s to finish",
+                 self.settings.shutdown_drain_seconds, self.settings.shutdown_timeout_seconds)
 
     def stop(self) -> None:
         """Stop background work and close every database connection cleanly."""
@@ -186,9 +189,16 @@ class Service:
         """Re-check the served index files on an interval: a file damaged under a running
         server (memory-mapped, so read again at each search) must not go on answering."""
         while not self._stop.wait(self.settings.verify_interval_seconds):
-            for name, (_, searcher) in list(self._searchers.items()):
+            for name in list(self._searchers):
+                if self._stop.is_set():
+                    return
                 try:
+                    searcher = self.searcher(name)  # the collection as it is now (recreated?)
+                    searcher.view()  # the version current now: one replaced is not damaged
                     searcher.verify()
+                except CollectionNotFound:
+                    with self._lock:
+                        self._searchers.pop(name, None)
                 except Exception:  # noqa: BLE001 - one collection's trouble must not stop the checks
                     log.exception("%s: checking the index files failed", name)
 
@@ -252,19 +262,22 @@ class Service:
 
     def readiness(self) -> dict[str, Any]:
         """Ready once the default model, every model the collections need and their indexes
-        are loaded; ``degraded`` when one failed (search still answers, with a fallback);
-        ``stopping`` from SIGTERM on."""
+        are loaded; ``degraded`` when one failed (search still answers, with a fallback, so
+        the server still takes traffic); ``stopping`` from SIGTERM on."""
         loaded = self.models.status()
         models = {self.settings.default_model: "not_loaded"}
         indexes = {}
         for name in self.collections():
             try:
                 model_id = self.store(name).get_meta("model_id")
+                if model_id:
+                    models[model_id] = "not_loaded"
+                    indexes[name] = self._index_state_of(name)
             except CollectionNotFound:
-                continue
-            if model_id:
-                models[model_id] = "not_loaded"
-                indexes[name] = self._index_state_of(name)
+                continue  # deleted since it was listed
+            except Exception:  # noqa: BLE001 - a probe must get an answer, not a 500
+                log.exception("%s: cannot be opened", name)
+                indexes[name] = "failed"
         models = {m: loaded.get(m, {}).get("state") or state for m, state in models.items()}
         # what was not preloaded (preloading off, or a collection made since) loads on first
         # use: not a reason to wait

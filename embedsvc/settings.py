@@ -79,13 +79,16 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(20, ge=1, description="Requests a key may send at once.")
     shutdown_timeout_seconds: float = Field(
         30.0, gt=0, description="On SIGTERM, how long requests in flight may take to finish.")
+    shutdown_drain_seconds: float = Field(
+        0.0, ge=0, description="On SIGTERM, how long /readyz answers 503 before the server "
+                               "stops accepting connections (give load balancers time to see it).")
     verify_interval_seconds: float = Field(
         300.0, ge=0, description="How often served index files are checked against their "
                                  "checksums (0: never after loading).")
 
     metrics_dir: Path | None = Field(
-        None, description="Set by `serve --workers N`: where the workers merge their metrics "
-                          "(prometheus_client's multiprocess mode).")
+        None, description="Internal, set by `serve --workers N` for its workers: where they "
+                          "merge their metrics (prometheus_client's multiprocess mode).")
 
     @property
     def keys_path(self) -> Path:

@@ -138,7 +138,8 @@ class Store:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             with self._opened_lock:
-                self._opened.remove(conn)
+                if conn in self._opened:  # not taken by close_all meanwhile
+                    self._opened.remove(conn)
             conn.close()
             self._local.conn = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +29,24 @@ SCIFACT = REPO / "data" / "scifact"
 def bundled_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model unpacked once for the whole session."""
     return unpack_default_model(tmp_path_factory.mktemp("shared-models"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis (the fuzz test) writes caches into ./.hypothesis: keep them in a temp folder."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    folder = tempfile.TemporaryDirectory(prefix="embedsvc-hypothesis-")
+    config.stash[_HYPOTHESIS_HOME] = folder
+    set_hypothesis_home_dir(folder.name)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_HYPOTHESIS_HOME, None)
+    if folder is not None:
+        folder.cleanup()
+
+
+_HYPOTHESIS_HOME = pytest.StashKey[tempfile.TemporaryDirectory]()
 
 
 def make_settings(home: Path, bundled_model: Path, **overrides) -> Settings:

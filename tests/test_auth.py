@@ -7,12 +7,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 from typer.testing import CliRunner
 
-from embedsvc.api.app import ROUTERS
+from embedsvc.api import errors
+from embedsvc.api.app import ROUTERS, create_app
 from embedsvc.api.auth import SCOPES, check_exposure
 from embedsvc.cli import app as cli_app
 from embedsvc.keys import KeyFileError, Scope, create_key, digest, read_keys, revoke_key
+from embedsvc.settings import Settings
 from tests.conftest import RunningServer, make_settings, wait_for
 
 # One request per operation id: (method, path, JSON body). Collection "c" exists.
@@ -54,10 +57,16 @@ def call(server: RunningServer, operation: str, headers: dict[str, str]) -> http
     return httpx.request(method, server.url + path, json=body, headers=headers, timeout=60)
 
 
-def test_every_route_has_a_scope():
-    """A route missing from the table would be closed (admin), but say so loudly here."""
-    routes = {route.operation_id for router in ROUTERS for route in router.routes}
-    assert routes == set(SCOPES) == set(CALLS)
+def test_every_route_has_a_scope(tmp_path: Path):
+    """Every route of the app is an API route of a guarded router with its scope in the
+    table, or one of the documentation routes (open, serving no data)."""
+    assert {route.operation_id for router in ROUTERS for route in router.routes} == set(SCOPES) == set(CALLS)
+    app = create_app(Settings(home=tmp_path, preload_models=False))
+    served = list(errors._routes(app.router.routes))
+    api = {r.operation_id for r in served if isinstance(r, APIRoute) and r.path != "/docs"}
+    assert api == set(SCOPES)
+    others = {r.path for r in served if not isinstance(r, APIRoute) or r.path == "/docs"}
+    assert others == {"/openapi.json", "/docs", "/docs/assets"}, others
 
 
 def test_each_scope_on_each_route(keyed):
@@ -180,3 +189,34 @@ def test_no_keys_means_loopback_only(tmp_path: Path, bundled_model: Path):
     assert check_exposure(settings.model_copy(update={"insecure": True}), "0.0.0.0") is None
     create_key(settings, Scope.admin, "ops")
     assert check_exposure(settings, "0.0.0.0") is None
+
+
+def test_revoking_the_last_key_never_opens_the_server(keyed):
+    server, keys, settings = keyed
+    for name in ("read-key", "write-key", "admin-key"):
+        revoke_key(settings, name)
+    wait_for(lambda: call(server, "list_collections", {"X-API-Key": keys["admin"]}).status_code == 401,
+             timeout=10)
+    assert call(server, "list_collections", {}).status_code == 401
+    settings.keys_path.write_text("")  # an emptied file, too
+    assert call(server, "create_collection", {}).status_code == 401
+
+
+def test_callers_are_checked_before_their_body_is_read(keyed):
+    server, keys, _ = keyed
+    url = f"{server.url}/v1/collections/c/search"
+    for body in (b"{not json", b"[" * 10_000, "\ud800".encode("utf-8", "surrogatepass")):
+        answer = httpx.post(url, content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 401, answer.text
+    assert httpx.post(url, content=b"{not json", headers={"content-type": "application/json",
+                                                           "X-API-Key": keys["read"]}).status_code == 400
+
+
+def test_failed_attempts_are_rate_limited_by_address(tmp_path: Path, bundled_model: Path):
+    settings = make_settings(tmp_path / "home", bundled_model, preload_models=False,
+                             rate_limit_per_second=0.2, rate_limit_burst=3)
+    create_key(settings, Scope.read, "ci")
+    with RunningServer(settings) as server:
+        guesses = [httpx.get(f"{server.url}/v1/collections", headers={"X-API-Key": f"esk_guess{i}"})
+                   for i in range(5)]
+        assert [g.status_code for g in guesses] == [401, 401, 401, 429, 429]

@@ -85,7 +85,7 @@ def test_background_check_finds_damage_and_lets_the_restored_files_back(built):
         assert client.search("c", "vitamin D", mode="dense").index_version == 1
 
 
-def test_readyz_waits_for_models_and_indexes_then_goes_unready_when_stopping(built):
+def test_readyz_waits_for_models_and_indexes(built):
     settings, _ = built()
     with RunningServer(settings) as server:
         def ready() -> dict:
@@ -97,13 +97,10 @@ def test_readyz_waits_for_models_and_indexes_then_goes_unready_when_stopping(bui
         body = wait_for(ready, timeout=120)
         assert body["indexes"] == {"c": "ready"}
         assert set(body["models"].values()) == {"ready"} and settings.default_model in body["models"]
-        server.server.config.app.state.service.begin_stopping()  # what SIGTERM calls
-        stopping = httpx.get(f"{server.url}/readyz")
-        assert stopping.status_code == 503 and stopping.json()["status"] == "stopping"
 
 
-def test_sigterm_finishes_the_request_in_flight(built, tmp_path: Path):
-    settings, _ = built(shutdown_timeout_seconds=60)
+def test_sigterm_drains_then_finishes_the_request_in_flight(built, tmp_path: Path):
+    settings, _ = built(shutdown_timeout_seconds=60, shutdown_drain_seconds=2)
     texts = [f"sentence number {i} about vitamin D and bone health " * 40 for i in range(256)]
     log = tmp_path / "server.log"
     with ServerProcess(settings, log=log) as server:
@@ -117,13 +114,20 @@ def test_sigterm_finishes_the_request_in_flight(built, tmp_path: Path):
         thread.start()
         wait_for(lambda: in_progress(server.url) >= 2, timeout=30, interval=0.01)  # it and this scrape
         os.kill(server.process.pid, signal.SIGTERM)
+        draining = wait_for(lambda: stopping(server.url), timeout=10, interval=0.01)
+        assert draining.status_code == 503 and draining.json()["status"] == "stopping"
         thread.join(timeout=120)
         assert answer["response"].status_code == 200
         assert len(answer["response"].json()["vectors"]) == 256
         assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
     said = log.read_text()
-    assert "shutting down: finishing the requests in flight" in said
+    assert "shutting down: /readyz answers 503" in said
     assert "stopped: databases closed" in said and "Traceback" not in said
+
+
+def stopping(url: str) -> httpx.Response | None:
+    answer = httpx.get(f"{url}/readyz")
+    return answer if answer.json()["status"] == "stopping" else None
 
 
 def in_progress(url: str) -> float:
@@ -132,3 +136,18 @@ def in_progress(url: str) -> float:
             return float(line.split()[-1])
     return 0.0
 
+
+
+def test_a_damaged_index_with_fresh_vectors_says_so(built):
+    """Fresh vectors alone would be a partial dense answer: the fallback is said instead."""
+    settings, shard = built(verify_interval_seconds=0)
+    with RunningServer(settings) as server, Client(server.url, retries=0) as client:
+        client.upsert("c", [{"id": "fresh", "text": "Penguins huddle together in the Antarctic winter."}])
+        wait_for(lambda: client.get_collection("c").fresh_vectors > 0 and not client.get_collection("c").pending)
+        assert client.search("c", "penguins in the cold", mode="dense").hits[0].id == "fresh"
+        overwrite_vectors(shard, 1000.0)
+        after = client.search("c", "penguins in the cold")
+        assert (after.mode, after.fallback) == ("lexical", "index_unavailable")
+        assert after.hits[0].id == "fresh"  # still found, lexically
+        again = client.search("c", "penguins in the cold", mode="auto")
+        assert again.fallback == "index_unavailable"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -11,7 +12,7 @@ from types import FrameType
 
 from fastapi import Depends, FastAPI
 
-from embedsvc import __version__
+from embedsvc import __version__, metrics
 from embedsvc.api import auth, errors, observability, openapi
 from embedsvc.api.limits import BodyLimitMiddleware
 from embedsvc.api.routes import collections, documents, embed, health, jobs
@@ -24,9 +25,10 @@ log = logging.getLogger(__name__)
 ROUTERS = (health.router, collections.router, documents.router, jobs.router, embed.router)
 
 
-def on_termination(callback: Callable[[], None]) -> Callable[[], None]:
-    """Call ``callback`` first when SIGTERM arrives, then uvicorn's own handler (which stops
-    accepting and lets requests in flight finish); returns what undoes it.
+def on_termination(callback: Callable[[], None], drain_seconds: float = 0.0) -> Callable[[], None]:
+    """On SIGTERM call ``callback`` (readiness turns false), wait ``drain_seconds`` (so load
+    balancers see it and stop sending), then hand the signal to uvicorn's handler, which
+    stops accepting and lets requests in flight finish. Returns what undoes it.
 
     Signals reach the main thread only: a server run in another thread (tests) has none.
     """
@@ -34,10 +36,19 @@ def on_termination(callback: Callable[[], None]) -> Callable[[], None]:
         return lambda: None
     previous = signal.getsignal(signal.SIGTERM)
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        callback()
+    def pass_on(signum: int, frame: FrameType | None) -> None:
         if callable(previous):
             previous(signum, frame)
+        else:  # no handler before ours: die as SIGTERM would have made us
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        callback()
+        if drain_seconds > 0:
+            threading.Timer(drain_seconds, pass_on, (signum, frame)).start()
+        else:
+            pass_on(signum, frame)
 
     signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)
@@ -50,12 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.start()
-        restore = on_termination(service.begin_stopping)
+        restore = on_termination(service.begin_stopping, settings.shutdown_drain_seconds)
         try:
             yield
         finally:
             restore()
             service.stop()
+            metrics.worker_stopped(settings.metrics_dir)
 
     app = FastAPI(title="embedsvc", version=__version__, lifespan=lifespan,
                   description="Embeddings and vector search with cold-start fallbacks.",

@@ -91,16 +91,20 @@ class Guard:
             return Scope.admin
         return SCOPES.get(operation_id or "", Scope.admin)
 
-    def authenticate(self, presented: str | None, needed: Scope, action: str) -> ApiKey | None:
-        """The caller's key (None when the server has no keys); AuthError if refused."""
+    def authenticate(self, presented: str | None, needed: Scope, action: str,
+                     client: str) -> ApiKey | None:
+        """The caller's key (None when the server has no keys); AuthError if refused.
+        Refused callers are rate limited by address, so guessing costs them too."""
         if not self.keys.enabled:
             return None
         how = "send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
         if not presented:
+            self.throttle(f"client {client}")
             raise AuthError(401, "unauthorized", f"{action} needs an API key with the "
                             f"'{needed.name}' scope; {how}", {"WWW-Authenticate": "Bearer"})
         key = self.keys.find(presented)
         if key is None:
+            self.throttle(f"client {client}")
             raise AuthError(401, "unauthorized", f"the API key is not valid (unknown or revoked); "
                             f"{action} needs one with the '{needed.name}' scope",
                             {"WWW-Authenticate": "Bearer"})
@@ -134,32 +138,41 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Or the k
 def authorize(request: Request,
               bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
               header: Annotated[str | None, Depends(_header)]) -> None:
-    """Check the caller's key against the route's scope, then its rate limit; the key's name
-    (never the key) is left in ``request.state.key_name`` for the access log. (The security
-    dependencies declare the key in the OpenAPI schema.)"""
-    _check(request, bearer.credentials if bearer else header)
+    """The API routes' dependency: its security parameters declare the key in the OpenAPI
+    schema; the check itself is :func:`authorize_request` (done already, before the body
+    was read, on routes that take one)."""
+    authorize_request(request)
 
 
 def authorize_unlisted(request: Request) -> None:
-    """The same check for the health routes, which the schema shows as open: they are, but
-    for ``/metrics`` when ``EMBEDSVC_METRICS_SCOPE=admin`` (and it is not in the schema)."""
+    """The health routes' dependency, which the schema shows as open: they are, but for
+    ``/metrics`` when ``EMBEDSVC_METRICS_SCOPE=admin`` (not in the schema)."""
+    authorize_request(request)
+
+
+def presented_key(request: Request) -> str | None:
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    bearer = credentials.strip() if scheme.lower() == "bearer" else None
-    _check(request, bearer or request.headers.get("x-api-key"))
+    bearer = credentials.strip() if scheme.lower() == "bearer" else ""
+    return bearer or request.headers.get("x-api-key")
 
 
-def _check(request: Request, presented: str | None) -> None:
-    guard: Guard = request.app.state.guard
-    route = request.scope.get("route")
-    operation = getattr(route, "operation_id", None)
-    needed = guard.scope_of(operation)
-    request.state.key_name = None
-    if needed is None:
+def authorize_request(request: Request) -> None:
+    """Check the caller's key against the route's scope, then its rate limit, once per
+    request; the key's name (never the key) is left in ``request.state.key_name`` for the
+    access log."""
+    state = request.scope.setdefault("state", {})
+    if state.get("authorized"):
         return
-    key = guard.authenticate(presented, needed, operation or "this call")
-    request.state.key_name = key.name if key else None
-    guard.throttle(f"key {key.name}" if key else f"client {request.client.host if request.client else '?'}")
-
+    guard: Guard = request.app.state.guard
+    operation = getattr(request.scope.get("route"), "operation_id", None)
+    needed = guard.scope_of(operation)
+    state["key_name"] = None
+    if needed is not None:
+        client = request.client.host if request.client else "?"
+        key = guard.authenticate(presented_key(request), needed, operation or "this call", client)
+        state["key_name"] = key.name if key else None
+        guard.throttle(f"key {key.name}" if key else f"client {client}")
+    state["authorized"] = True
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -36,6 +36,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from embedsvc.api.auth import authorize_request
 from embedsvc.search.filters import encodable
 
 # Nesting a JSON body may have. Legitimate bodies stay far below it (a filter at the
@@ -158,6 +159,7 @@ class JsonRoute(APIRoute):
 
         async def handle(request: Request) -> Response:
             request = JsonRequest(request.scope, request.receive)
+            authorize_request(request)  # before a byte of the body is read
             if takes_body:
                 await check_body(request)
             return await handler(request)

@@ -94,7 +94,7 @@ class AsyncClient:
 
     async def readyz(self) -> Readiness:
         """Readiness: ``status`` is "ready" once every model and index is loaded, else
-        "starting", "degraded" or "stopping" (the server's 503 is returned, not raised)."""
+        "degraded" (200), "starting" or "stopping" (the server's 503 is returned, not raised)."""
         return await self._send(routes.READYZ.call(Readiness.model_validate))
 
     async def list_collections(self) -> list[str]:

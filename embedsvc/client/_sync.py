@@ -98,7 +98,7 @@ class Client:
 
     def readyz(self) -> Readiness:
         """Readiness: ``status`` is "ready" once every model and index is loaded, else
-        "starting", "degraded" or "stopping" (the server's 503 is returned, not raised)."""
+        "degraded" (200), "starting" or "stopping" (the server's 503 is returned, not raised)."""
         return self._send(routes.READYZ.call(Readiness.model_validate))
 
     def list_collections(self) -> list[str]:

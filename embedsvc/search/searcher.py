@@ -85,7 +85,7 @@ EncoderLookup = Callable[[str], Encoder | None]
 IMPOSSIBLE_SCORE = 1.5
 
 
-class IndexDamaged(Exception):
+class IndexDamaged(SearchUnavailable):
     """The served index gave an answer it cannot give when intact; it has been dropped."""
 
 
@@ -122,8 +122,10 @@ class Searcher:
         if view is not None and self.pinned_version is None:
             caught_up = live.refresh(self.store, view)
             if caught_up is not None:
-                self._view = caught_up
-                return caught_up
+                with self._reload_lock:
+                    if self._view is view:  # not dropped (as damaged) or reloaded meanwhile
+                        self._view = caught_up
+                        return caught_up
         elif view is not None:
             return view
         with self._reload_lock:
@@ -272,13 +274,13 @@ class Searcher:
         if model is not None and model_id is not None and model != model_id:
             raise SearchConflict(f"collection '{name}' is indexed with model '{model_id}', not "
                                  f"'{model}'; vector spaces of different models are never mixed")
+        if self.index_failed:  # fresh vectors alone would be a partial answer: say so instead
+            if mode == "dense":
+                raise SearchUnavailable(
+                    f"the index of '{name}' cannot be loaded (see the server log and "
+                    f"`embedsvc index check {name}`); use mode 'auto' or 'lexical'")
+            return None, "index_unavailable"
         if view.index is None and not len(view.fresh):
-            if self.index_failed:
-                if mode == "dense":
-                    raise SearchUnavailable(
-                        f"the index of '{name}' cannot be loaded (see the server log and "
-                        f"`embedsvc index check {name}`); use mode 'auto' or 'lexical'")
-                return None, "index_unavailable"
             if mode == "dense":
                 raise SearchConflict(
                     f"collection '{name}' has no dense index yet: use mode 'lexical' or 'auto', "
@@ -350,7 +352,8 @@ class Searcher:
         if len(scores) and not np.all(np.abs(scores) <= IMPOSSIBLE_SCORE):
             worst = scores[~(np.abs(scores) <= IMPOSSIBLE_SCORE)][0]
             self.drop_damaged(index, f"a search returned the score {worst:g}, impossible for unit vectors")
-            raise IndexDamaged(self.paths.name)
+            raise IndexDamaged(f"the index of '{self.paths.name}' was found damaged and is no longer "
+                               "served; retry (searches fall back to lexical)")
         return found
 
     def _restriction(self, view: live.LiveView, where: CompiledFilter | None) -> _Restriction:

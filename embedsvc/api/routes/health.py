@@ -21,13 +21,15 @@ def healthz() -> Health:
 
 @router.get("/readyz", operation_id="readyz", response_model=Readiness,
             responses={503: {"model": Readiness,
-                             "description": "Starting (loading), degraded or stopping."}})
+                             "description": "Starting (loading) or stopping."}})
 def readyz(service: ServiceDep) -> JSONResponse:
-    """200 once the default model, the collections' models and their indexes are loaded;
-    503 while loading, after one failed (search still answers, with a fallback) and from
-    SIGTERM on, so a load balancer sends traffic elsewhere."""
+    """200 once the default model, the collections' models and their indexes are loaded
+    (``ready``), and when one failed (``degraded``: search answers, with a fallback, and
+    every replica sharing the home would fail alike); 503 while loading (``starting``) and
+    from SIGTERM on (``stopping``), so a load balancer sends traffic elsewhere."""
     body = Readiness(**service.readiness())
-    return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
+    serving = body.status in ("ready", "degraded")
+    return JSONResponse(body.model_dump(), status_code=200 if serving else 503)
 
 
 @router.get("/metrics", operation_id="metrics", include_in_schema=False)
