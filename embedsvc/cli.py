@@ -91,8 +91,8 @@ def serve(
              "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
              "access_log": False}  # ours is the JSON line of embedsvc.access
     with user_errors():
-        refused = check_exposure(settings, where["host"])
         keyed = KeyRing(settings).enabled
+    refused = check_exposure(settings, where["host"], keyed)
     if refused:
         raise fail(refused)
     if not keyed:

@@ -267,7 +267,8 @@ class Service:
         loaded = self.models.status()
         models = {self.settings.default_model: "not_loaded"}
         indexes = {}
-        for name in self.collections():
+        names = self.collections()
+        for name in names:
             try:
                 model_id = self.store(name).get_meta("model_id")
                 if model_id:
@@ -284,8 +285,7 @@ class Service:
         states = set(models.values()) | set(indexes.values())
         status = ("stopping" if self.stopping else "degraded" if "failed" in states
                   else "starting" if "loading" in states else "ready")
-        return {"status": status, "models": models, "indexes": indexes,
-                "collections": self.collections()}
+        return {"status": status, "models": models, "indexes": indexes, "collections": names}
 
 
     def _index_state_of(self, name: str) -> str:

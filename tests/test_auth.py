@@ -14,7 +14,7 @@ from embedsvc.api import errors
 from embedsvc.api.app import ROUTERS, create_app
 from embedsvc.api.auth import SCOPES, check_exposure
 from embedsvc.cli import app as cli_app
-from embedsvc.keys import KeyFileError, Scope, create_key, digest, read_keys, revoke_key
+from embedsvc.keys import KeyFileError, KeyRing, Scope, create_key, digest, read_keys, revoke_key
 from embedsvc.settings import Settings
 from tests.conftest import RunningServer, make_settings, wait_for
 
@@ -183,12 +183,12 @@ def test_metrics_can_be_put_behind_admin(tmp_path: Path, bundled_model: Path):
 
 def test_no_keys_means_loopback_only(tmp_path: Path, bundled_model: Path):
     settings = make_settings(tmp_path / "home", bundled_model)
-    assert check_exposure(settings, "127.0.0.1") is None and check_exposure(settings, "::1") is None
+    assert check_exposure(settings, "127.0.0.1", False) is None and check_exposure(settings, "::1", False) is None
     refused = CliRunner().invoke(cli_app, ["--home", str(settings.home), "serve", "--host", "0.0.0.0"])
     assert refused.exit_code == 1 and "--insecure" in refused.stderr
-    assert check_exposure(settings.model_copy(update={"insecure": True}), "0.0.0.0") is None
+    assert check_exposure(settings.model_copy(update={"insecure": True}), "0.0.0.0", False) is None
     create_key(settings, Scope.admin, "ops")
-    assert check_exposure(settings, "0.0.0.0") is None
+    assert check_exposure(settings, "0.0.0.0", KeyRing(settings).enabled) is None
 
 
 def test_revoking_the_last_key_never_opens_the_server(keyed):

@@ -193,10 +193,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(settings: Settings, host: str) -> str | None:
+def check_exposure(settings: Settings, host: str, keyed: bool) -> str | None:
     """Why serving on ``host`` is refused (None if it is not): without keys, anyone who can
     reach the port could write and delete, so only loopback is allowed unless asked."""
-    if KeyRing(settings).enabled or is_loopback(host) or settings.insecure:
+    if keyed or is_loopback(host) or settings.insecure:
         return None
     return (f"no API keys are configured, so serving on {host} would let anyone on the network "
             f"write and delete; create one with `embedsvc keys create --scope admin --name ops`, "

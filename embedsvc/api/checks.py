@@ -11,7 +11,7 @@ from typing import Any
 
 from embedsvc.api.errors import ApiError
 from embedsvc.api.schemas import DocumentIn, EmbedRequest, SearchRequest
-from embedsvc.search.filters import CompiledFilter, FilterError, compile_filter, encodable
+from embedsvc.search.filters import CompiledFilter, FilterError, compile_filter
 from embedsvc.search.searcher import Fusion
 from embedsvc.service import fusion_of
 from embedsvc.settings import Settings
@@ -48,21 +48,14 @@ def embed_limits(body: EmbedRequest, settings: Settings) -> None:
                        f"{settings.max_query_chars} (EMBEDSVC_MAX_QUERY_CHARS); shorten it")
 
 
-# The filter limits that come from settings, recognised in the messages of
-# :func:`compile_filter` (which knows the numbers but not where they are set).
-_FILTER_SETTINGS = {"nested deeper than": "EMBEDSVC_MAX_FILTER_DEPTH",
-                    "conditions; simplify it": "EMBEDSVC_MAX_FILTER_CONDITIONS"}
-
-
 def metadata_filter(raw: dict[str, Any] | None, settings: Settings) -> CompiledFilter | None:
     if raw is None:
         return None
     try:
         return compile_filter(raw, settings.max_filter_depth, settings.max_filter_conditions)
     except FilterError as exc:
-        message = str(exc)
-        setting = next((name for phrase, name in _FILTER_SETTINGS.items() if phrase in message), None)
-        raise ApiError(422, "invalid_filter", f"{message} ({setting})" if setting else message) from exc
+        setting = f" (EMBEDSVC_{exc.limit.upper()})" if exc.limit else ""
+        raise ApiError(422, "invalid_filter", f"{exc}{setting}") from exc
 
 
 def batch_size(count: int, what: str, settings: Settings) -> None:
@@ -95,10 +88,9 @@ def documents(docs: Sequence[DocumentIn], settings: Settings) -> None:
         seen[doc.id] = i
         if not doc.title.strip() and not doc.text.strip():
             raise ApiError(422, "invalid_request", f"{where}: has no text (title and text empty)")
-        if not _storable(doc.metadata):
-            raise ApiError(422, "invalid_request", f"{where}: metadata holds NaN or Infinity, or "
-                                                   "text that is not valid Unicode, which JSON "
-                                                   "cannot store; send finite numbers and UTF-8")
+        if not _finite(doc.metadata):
+            raise ApiError(422, "invalid_request", f"{where}: metadata holds NaN or Infinity, which "
+                                                   "JSON cannot store; send finite numbers")
         size = (len(doc.title.encode()) + len(doc.text.encode())
                 + len(json.dumps(doc.metadata).encode()))
         if size > settings.max_document_bytes:
@@ -107,14 +99,13 @@ def documents(docs: Sequence[DocumentIn], settings: Settings) -> None:
                            "(EMBEDSVC_MAX_DOCUMENT_BYTES); split it into several documents")
 
 
-def _storable(value: Any) -> bool:
-    """Finite numbers and encodable text all the way down (keys included)."""
+def _finite(value: Any) -> bool:
+    """Finite numbers all the way down (text that is not Unicode never gets here: the body
+    parser refuses it in every field, see :func:`embedsvc.api.limits.check_tree`)."""
     if isinstance(value, float):
         return math.isfinite(value)
-    if isinstance(value, str):
-        return encodable(value)
     if isinstance(value, dict):
-        return all(_storable(k) and _storable(v) for k, v in value.items())
+        return all(_finite(v) for v in value.values())
     if isinstance(value, list):
-        return all(_storable(v) for v in value)
+        return all(_finite(v) for v in value)
     return True

@@ -32,7 +32,12 @@ _LOGICAL = ("$and", "$or")
 
 
 class FilterError(ValueError):
-    """A filter that cannot be applied; the message names what to change."""
+    """A filter that cannot be applied; the message names what to change, and ``limit`` the
+    setting (``max_filter_depth``, ``max_filter_conditions``) when it is one that it broke."""
+
+    def __init__(self, message: str, limit: str | None = None):
+        super().__init__(message)
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,8 @@ class _Compiler:
             raise FilterError(f"{where}: expected an object such as {{\"field\": value}}, got "
                               f"{_kind(raw)}")
         if depth > self.max_depth:
-            raise FilterError(f"{where}: nested deeper than {self.max_depth} levels of $and/$or")
+            raise FilterError(f"{where}: nested deeper than {self.max_depth} levels of $and/$or",
+                              limit="max_filter_depth")
         parts = [self.logical(key, value, f"{where}.{key}", depth) if key.startswith("$")
                  else self.field(check_field(key), value, f"{where}.{key}") for key, value in raw.items()]
         if not parts:
@@ -119,7 +125,8 @@ class _Compiler:
     def condition(self, name: str, op: str, operand: Any, where: str) -> tuple[str, list[Any]]:
         self.conditions += 1
         if self.conditions > self.max_conditions:
-            raise FilterError(f"the filter has over {self.max_conditions} conditions; simplify it")
+            raise FilterError(f"the filter has over {self.max_conditions} conditions; simplify it",
+                              limit="max_filter_conditions")
         expr = field_expression(name)
         if op in ("$eq", "$ne"):
             _scalar(operand, where)

@@ -349,8 +349,9 @@ class Searcher:
     def _checked(self, index: DenseIndex,
                  found: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         scores = found[0][found[1] >= 0]
-        if len(scores) and not np.all(np.abs(scores) <= IMPOSSIBLE_SCORE):
-            worst = scores[~(np.abs(scores) <= IMPOSSIBLE_SCORE)][0]
+        impossible = scores[~(np.abs(scores) <= IMPOSSIBLE_SCORE)]  # NaN included
+        if len(impossible):
+            worst = impossible[0]
             self.drop_damaged(index, f"a search returned the score {worst:g}, impossible for unit vectors")
             raise IndexDamaged(f"the index of '{self.paths.name}' was found damaged and is no longer "
                                "served; retry (searches fall back to lexical)")
