@@ -19,7 +19,15 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from embedsvc.cli_collections import collections_app
-from embedsvc.cli_common import console, err_console, fail, settings_of, user_errors
+from embedsvc.cli_common import (
+    BackendOption,
+    console,
+    err_console,
+    fail,
+    settings_of,
+    user_errors,
+    with_backend,
+)
 from embedsvc.cli_index import index_app
 from embedsvc.cli_keys import keys_app
 from embedsvc.cli_pipeline import pipeline_app
@@ -71,6 +79,7 @@ def serve(
         min=1, help="Server processes sharing the home folder (EMBEDSVC_WORKERS).")] = None,
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="Serve beyond loopback without API keys (EMBEDSVC_INSECURE).")] = False,
+    backend: BackendOption = None,
 ) -> None:
     """Serve the HTTP API (docs at /docs). Without API keys it serves loopback only."""
     import os
@@ -84,7 +93,8 @@ def serve(
     from embedsvc.settings import environment_of
 
     settings = settings_of(ctx)
-    asked = {"workers": workers, "insecure": insecure or None}
+    asked = {"workers": workers, "insecure": insecure or None,
+             "backend": backend.value if backend else None}
     settings = use_settings(settings.model_copy(update={k: v for k, v in asked.items() if v is not None}))
     where = {"host": host or settings.host, "port": port or settings.port,
              "log_level": settings.log_level.lower(),
@@ -188,11 +198,12 @@ def eval_command(
     mode: Annotated[ModeChoice, typer.Option(help="Search mode to evaluate.")] = ModeChoice.dense,
     model: Annotated[str | None, typer.Option(help="Evaluate a model alone (exact search) instead.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    backend: BackendOption = None,
 ) -> None:
     """nDCG@10, MRR@10, MAP@100 and Recall@100 of a collection, or of a model alone, on BEIR."""
     if (collection is None) == (model is None):
         raise fail("name a COLLECTION to evaluate, or a model with --model (not both)")
-    settings = settings_of(ctx)
+    settings = with_backend(settings_of(ctx), backend)
     with user_errors():
         if model is not None:
             from embedsvc.encoders import resolve_model

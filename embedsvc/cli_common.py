@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from embedsvc.settings import Settings
+from embedsvc.settings import Backend, Settings
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -18,6 +20,17 @@ err_console = Console(stderr=True, soft_wrap=True)
 def settings_of(ctx: typer.Context) -> Settings:
     """The settings the top-level callback made (with ``--home`` applied)."""
     return ctx.find_root().obj
+
+
+BackendChoice = StrEnum("BackendChoice", {name: name for name in get_args(Backend)})
+BackendOption = Annotated[BackendChoice | None, typer.Option(
+    help="How the model runs: torch, torch-bf16, onnx, onnx-int8 (EMBEDSVC_BACKEND).",
+    show_default=False)]
+
+
+def with_backend(settings: Settings, backend: BackendChoice | None) -> Settings:
+    """The settings with ``--backend`` applied, when it was given."""
+    return settings.model_copy(update={"backend": backend.value}) if backend else settings
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

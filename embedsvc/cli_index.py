@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from embedsvc.cli_common import console, err_console, fail, settings_of, user_errors
+from embedsvc.cli_common import BackendOption, console, err_console, fail, settings_of, user_errors
 
 index_app = typer.Typer(help="Build and inspect a collection's indexes.", no_args_is_help=True)
 
@@ -54,6 +54,7 @@ def index_build(
     target_recall: Annotated[float, typer.Option(min=0.1, max=1.0, help="recall@10 to tune for.")] = 0.95,
     shards: Annotated[int | None, typer.Option(min=1, help="Split the index into this many shards.")] = None,
     keep_versions: Annotated[int, typer.Option(min=1, help="Index versions to keep on disk.")] = 2,
+    backend: BackendOption = None,
 ) -> None:
     """Read the input as a stream of chunks, store and embed each, and build an index version."""
     from indexing.foreach import make_executor
@@ -67,6 +68,7 @@ def index_build(
             index=index, memory_budget=parse_bytes(memory_budget) if memory_budget else None,
             target_recall=target_recall, shards=shards, keep_versions=keep_versions,
             vectors=vectors, ids=ids, long_texts=long_texts.value,
+            backend=backend.value if backend else None,
         )
         runner = make_executor(executor.value, workers, ray_address)
         try:
@@ -106,7 +108,7 @@ def index_info(
     for key in ("documents", "passages", "versions_on_disk"):
         table.add_row(key, str(info[key]))
     for key in ("layout", "search_params", "count", "dim", "recall_at_10", "index_bytes",
-                "build_seconds", "reason", "model_id", "weights_sha256"):
+                "build_seconds", "reason", "model_id", "weights_sha256", "backend"):
         if manifest and key in manifest:
             table.add_row(key, str(manifest[key]))
     if manifest:

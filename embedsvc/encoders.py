@@ -207,51 +207,150 @@ def load_sentence_transformer(path: Path | str, device: str = "cpu",
 
 
 class Encoder:
-    """A loaded sentence-transformers model that turns texts into unit vectors."""
+    """A loaded model that turns texts, or token ids already cut, into unit vectors.
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", batch_size: int = 32):
+    Texts are tokenised once and batched by token count, longest first, so a batch pads
+    to lengths close to its own instead of to the longest text of the call; the batches
+    run through the chosen backend (:mod:`embedsvc.backends`). ``padded`` and ``tokens``
+    count what went through, so the share of padding is measurable.
+    """
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", batch_size: int = 32,
+                 backend: str = "torch", models_dir: Path | None = None, threads: int = 0):
+        from embedsvc.backends import make_runner
+
         self.model = load_sentence_transformer(spec.path, device)
         self.spec = spec
+        self.backend = backend
         self.batch_size = batch_size
         dimension = getattr(self.model, "get_embedding_dimension", None) or \
             self.model.get_sentence_embedding_dimension  # sentence-transformers < 6
         self.dim = int(dimension())
         self.max_seq_length = int(self.model.max_seq_length)
+        self._prefix, self._suffix = _special_tokens(self.tokenizer)
+        self.special_tokens = len(self._prefix) + len(self._suffix)
+        self.tokens = self.padded = 0
+        self._inputs = _model_inputs(self.model)
+        self._run = make_runner(backend, self.model, spec, models_dir or spec.path.parent,
+                                _threads(threads))
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What makes two encoders' vectors the same: the model's weights and the backend."""
+        return (self.spec.weights_sha256, self.backend)
 
     @property
     def tokenizer(self):
         return self.model.tokenizer
 
+    @property
+    def max_tokens(self) -> int:
+        """Tokens of text one window holds (the model's length less its special tokens)."""
+        return self.max_seq_length - self.special_tokens
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids without special tokens, cut to one window."""
+        return self.tokenizer([t.strip() for t in texts], add_special_tokens=False,
+                              truncation=True, max_length=self.max_tokens,
+                              verbose=False)["input_ids"]
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """Return float32 unit vectors, shape (len(texts), dim)."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode_ids(self.token_ids(texts)) if texts else self.encode_ids([])
+
+    def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """Unit vectors of texts given as token ids (no special tokens, at most one window)."""
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        if not ids:
+            return out
         started = time.perf_counter()
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        record_encode(self.spec.model_id, len(texts), time.perf_counter() - started)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        for at in range(0, len(order), self.batch_size):
+            rows = order[at:at + self.batch_size]
+            out[rows] = self._run(self._pad([ids[i] for i in rows]))
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        record_encode(self.spec.model_id, len(ids), time.perf_counter() - started)
+        return out
+
+    def _pad(self, batch: list[list[int]]) -> dict[str, np.ndarray]:
+        """The model's input arrays for one batch: special tokens added, padded to its longest."""
+        full = [self._prefix + x + self._suffix for x in batch]
+        width = max(len(x) for x in full)
+        input_ids = np.full((len(full), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros((len(full), width), dtype=np.int64)
+        for row, x in enumerate(full):
+            input_ids[row, :len(x)] = x
+            mask[row, :len(x)] = 1
+        self.tokens += mask.size
+        self.padded += mask.size - int(mask.sum())
+        arrays = {"input_ids": input_ids, "attention_mask": mask,
+                  "token_type_ids": np.zeros_like(input_ids)}
+        return {name: arrays[name] for name in self._inputs}
 
 
-_by_name: dict[tuple[str, str, str], Encoder] = {}
-_by_path: dict[tuple[str, str], Encoder] = {}
+def _model_inputs(model: Any) -> list[str]:
+    """The token arrays the model takes; refuses models this encoder cannot feed directly."""
+    from embedsvc.onnx_export import input_names
+
+    first = type(model[0]).__name__
+    if first != "Transformer" or model.tokenizer is None:
+        raise ModelError(f"the model's first module is {first}; embedsvc encodes models that "
+                         "start with a sentence-transformers Transformer module")
+    names = input_names(model)
+    if "input_ids" not in names or "attention_mask" not in names:
+        raise ModelError(f"the model's tokenizer makes {names}; input_ids and attention_mask "
+                         "are needed")
+    return names
+
+
+def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a text's own (``[CLS]`` … ``[SEP]``), found
+    by tokenising a probe both ways: the same for every text of one sequence."""
+    probe = "hello"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for at in range(len(full) - len(bare) + 1):
+        if full[at:at + len(bare)] == bare:
+            return list(full[:at]), list(full[at + len(bare):])
+    raise ModelError("cannot tell where the tokenizer puts its special tokens; embedsvc needs a "
+                     "tokenizer that wraps a text in fixed special tokens")
+
+
+def _threads(threads: int) -> int:
+    """Threads for the forward pass; 0 means what this process's torch already uses (the
+    process executor limits that per worker). torch's count is per process, so a number
+    given here sets it for every torch model of the process."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+_by_name: dict[tuple[str, ...], Encoder] = {}
+_by_path: dict[tuple[str, ...], Encoder] = {}
 _cache_lock = threading.Lock()
 
 
-def load_encoder(name: str, models_dir: Path, device: str = "cpu", batch_size: int = 32) -> Encoder:
-    """Load a model once per process; later calls for the same name or folder share it."""
-    key = (str(models_dir), name, device)
+def load_encoder(name: str, models_dir: Path, device: str = "cpu", batch_size: int = 32,
+                 backend: str = "torch", threads: int = 0) -> Encoder:
+    """Load a model once per process and backend; later calls for the same name or folder
+    share it."""
+    key = (str(models_dir), name, device, backend)
     with _cache_lock:
         if key not in _by_name:
             spec = resolve_model(name, models_dir)
-            path_key = (str(spec.path.resolve()), device)
+            path_key = (str(spec.path.resolve()), device, backend)
             if path_key not in _by_path:
-                log.info("loading model %s from %s", spec.model_id, spec.path)
-                _by_path[path_key] = Encoder(spec, device=device, batch_size=batch_size)
+                log.info("loading model %s from %s (backend %s)", spec.model_id, spec.path, backend)
+                _by_path[path_key] = Encoder(spec, device=device, batch_size=batch_size,
+                                             backend=backend, models_dir=models_dir,
+                                             threads=threads)
             _by_name[key] = _by_path[path_key]
         return _by_name[key]
+
+
+def load_settings_encoder(name: str, settings: Any) -> Encoder:
+    """:func:`load_encoder` as the settings say: their device, batch size, backend, threads."""
+    return load_encoder(name, settings.models_dir, settings.device, settings.encode_batch_size,
+                        settings.backend, settings.encode_threads)

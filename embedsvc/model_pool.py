@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from embedsvc.encoders import Encoder, ModelError, load_encoder
+from embedsvc.encoders import Encoder, ModelError, load_settings_encoder
 from embedsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,7 @@ class ModelPool:
 
     def _load(self, name: str, slot: _Slot) -> None:
         try:
-            slot.encoder = load_encoder(
-                name, self.settings.models_dir, self.settings.device,
-                self.settings.encode_batch_size,
-            )
+            slot.encoder = load_settings_encoder(name, self.settings)
             slot.state = "ready"
         except ModelError as exc:
             slot.state, slot.error = "failed", str(exc)

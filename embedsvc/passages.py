@@ -41,20 +41,29 @@ def windows(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:
 
 
 def split_passages(tokenizer: Any, texts: list[str], max_tokens: int,
-                   overlap: int = DEFAULT_OVERLAP) -> list[list[tuple[int, int]]]:
-    """Character spans of each text's passages (one span for a text that fits)."""
+                   overlap: int = DEFAULT_OVERLAP) -> tuple[list[list[tuple[int, int]]],
+                                                            list[list[list[int]]]]:
+    """Each text's passages: their character spans, and their token ids (no special tokens).
+
+    The ids are the ones this one tokenisation made, so embedding a passage never
+    tokenises its text again.
+    """
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
                         truncation=False, verbose=False)
     spans: list[list[tuple[int, int]]] = []
-    for text, offsets in zip(texts, encoded["offset_mapping"], strict=True):
+    ids: list[list[list[int]]] = []
+    for text, tokens, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"],
+                                     strict=True):
         if len(offsets) <= max_tokens:
             spans.append([(0, len(text))])
+            ids.append([tokens])
             continue
         ranges = windows(len(offsets), max_tokens, overlap)
         if len(ranges) > MAX_PASSAGES:
             raise ValueError(f"a text of {len(offsets)} tokens makes over {MAX_PASSAGES} passages")
         spans.append([(offsets[s][0], offsets[e - 1][1]) for s, e in ranges])
-    return spans
+        ids.append([tokens[s:e] for s, e in ranges])
+    return spans, ids
 
 
 def embed_passages(encoder: Any, texts: list[str],
@@ -70,10 +79,7 @@ def embed_passages(encoder: Any, texts: list[str],
         (per text, its passages' character spans; (passages, dim) float32 unit vectors in
         text order).
     """
-    special = encoder.tokenizer.num_special_tokens_to_add(pair=False)
-    spans = split_passages(encoder.tokenizer, texts, encoder.max_seq_length - special)
+    spans, ids = split_passages(encoder.tokenizer, texts, encoder.max_tokens)
     if long_texts == "truncate":  # the first window is all the model will see
-        spans = [doc_spans[:1] for doc_spans in spans]
-    passages = [text[start:end] for text, doc_spans in zip(texts, spans, strict=True)
-                for start, end in doc_spans]
-    return spans, encoder.encode(passages)
+        spans, ids = [s[:1] for s in spans], [i[:1] for i in ids]
+    return spans, encoder.encode_ids([window for text_ids in ids for window in text_ids])

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Fallback = Literal["no_index", "model_unavailable", "index_unavailable", "no_text"]
+Fallback = Literal["no_index", "model_unavailable", "index_unavailable", "backend_mismatch",
+                   "no_text"]
 JobState = Literal["queued", "running", "done", "failed"]
 
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+Backend = Literal["torch", "torch-bf16", "onnx", "onnx-int8"]
+
 
 class Settings(BaseSettings):
     """Configuration of the service, the CLI and the batch jobs."""
@@ -31,6 +33,17 @@ class Settings(BaseSettings):
     chunk_size: int = Field(512, ge=1, description="Documents per indexing chunk.")
     encode_batch_size: int = Field(32, ge=1)
     device: str = Field("cpu", description="torch device used to encode.")
+    backend: Backend = Field(
+        "torch", description="How models run: torch (fp32), torch-bf16 (autocast), onnx (ONNX "
+                             "Runtime, fp32) or onnx-int8 (quantised). Exported once per model "
+                             "into <home>/models/_onnx/<weights sha256>/.")
+    encode_threads: int = Field(
+        0, ge=0, description="Threads one encoder uses (0: every core of the machine).")
+    query_batch_wait_ms: float = Field(
+        2.0, ge=0, description="How long a query waits for others to share one encoder call.")
+    query_batch_size: int = Field(32, ge=1, description="Most queries in one encoder call.")
+    query_cache_size: int = Field(
+        4096, ge=0, description="Query embeddings kept, by model, backend and text (0: none).")
 
     max_k: int = Field(1000, ge=1, description="Largest k a search may ask for.")
     max_query_chars: int = Field(4096, ge=1, description="Longest query text accepted.")

@@ -32,7 +32,7 @@ from embedsvc.encoders import embedding_dimension, load_encoder, resolve_model
 from embedsvc.files import sha256_file, short_hash
 from embedsvc.passages import LongTexts, embed_passages
 from embedsvc.search.dense import damaged_shards
-from embedsvc.settings import Settings
+from embedsvc.settings import Backend, Settings
 from embedsvc.store import SERVED, STAGED, NewDocument, Tables, document_text, passage_id
 from indexing.chunkfiles import ChunkFile, VectorChunk, verify_chunk, write_chunk
 from indexing.errors import BuildError
@@ -66,7 +66,8 @@ if TYPE_CHECKING:  # the build imports FAISS, which worker processes embedding t
 log = logging.getLogger(__name__)
 
 # Bump when the chunk files' meaning changes, so old ones are never reused.
-CHUNK_FORMAT = 2
+# 3: passages embedded from the splitter's token ids, batched by token count.
+CHUNK_FORMAT = 3
 OnError = Literal["skip", "fail"]
 # Rows per chunk for --vectors when no --chunk-size is given: nothing to embed, so chunks
 # are sized for few SQLite transactions and FAISS calls (about 48 MB of 384-d floats).
@@ -88,6 +89,7 @@ class BuildOptions:
     long_texts: LongTexts = "split"
     vectors: Path | None = None  # build from these embeddings instead of the text input
     ids: Path | None = None  # ids file of a .npy vectors file
+    backend: Backend | None = None  # None: the settings' backend
 
 
 @dataclass
@@ -129,9 +131,12 @@ class ChunkEmbedder:
     device: str = "cpu"
     batch_size: int = 32
     long_texts: LongTexts = "split"
+    backend: str = "torch"
+    threads: int = 0  # 0: what the executor gave this process's torch
 
     def __call__(self, task: EmbedTask) -> EmbeddedChunk:
-        encoder = load_encoder(self.model, Path(self.models_dir), self.device, self.batch_size)
+        encoder = load_encoder(self.model, Path(self.models_dir), self.device, self.batch_size,
+                               self.backend, self.threads)
         spans, vectors = embed_passages(encoder, task.texts, self.long_texts)
         return EmbeddedChunk(task, spans, vectors)
 
@@ -164,6 +169,7 @@ class BuildJob:
         model = options.model or self.store.get_meta("model_id") or settings.default_model
         self.model_name = None if options.lexical_only else model
         self.spec = resolve_model(self.model_name, settings.models_dir) if self.model_name else None
+        self.backend: str = options.backend or settings.backend
 
     # --- identity --------------------------------------------------------------------------
     def build_id(self, input_sha: str) -> str:
@@ -173,7 +179,8 @@ class BuildJob:
         its rows are indexed as they are.
         """
         o = self.options
-        shaping = ["vectors"] if o.vectors is not None else [self.chunk_size, o.long_texts]
+        shaping = ["vectors"] if o.vectors is not None else [self.chunk_size, o.long_texts,
+                                                               self.backend]
         parts = [CHUNK_FORMAT, input_sha, self.spec.weights_sha256 if self.spec else "lexical",
                  o.on_error, *shaping]
         return short_hash(parts)
@@ -237,7 +244,8 @@ class BuildJob:
     @property
     def encoder(self) -> Any:
         return load_encoder(self.model_name, self.settings.models_dir, self.settings.device,
-                            self.settings.encode_batch_size)
+                            self.settings.encode_batch_size, self.backend,
+                            self.settings.encode_threads)
 
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> BuildReport:
@@ -304,7 +312,7 @@ class BuildJob:
             return []
         embed = ChunkEmbedder(self.model_name, str(self.settings.models_dir),
                               self.settings.device, self.settings.encode_batch_size,
-                              self.options.long_texts)
+                              self.options.long_texts, self.backend, self.settings.encode_threads)
         for done_chunk in self.executor.map(embed, tasks()):
             task = done_chunk.task
             ids = self.store.replace_passages(task.rowids, done_chunk.spans, build_id, self.tables)
@@ -426,7 +434,8 @@ class BuildJob:
             "embedsvc_version": __version__, "documents": report.documents,
         }
         if o.vectors is None:  # how the texts were embedded; vectors made elsewhere don't say
-            manifest.update(max_seq_length=self.encoder.max_seq_length, long_texts=o.long_texts)
+            manifest.update(max_seq_length=self.encoder.max_seq_length, long_texts=o.long_texts,
+                            backend=self.backend)
         number = write_version(
             self.paths,
             lambda folder: {**build_index(chunks, self.dim, folder, index=o.index,
@@ -441,7 +450,8 @@ class BuildJob:
             switch_version(self.store, number, self.spec.model_id, build=build_id,
                            started_seq=started_seq, version_ids=ids,
                            weights_sha256=self.spec.weights_sha256)
-            self.store.set_meta(layout=self.layout_options(), long_texts=o.long_texts)
+            self.store.set_meta(layout=self.layout_options(), long_texts=o.long_texts,
+                                backend=None if o.vectors is not None else self.backend)
             prune_versions(self.paths, number, o.keep_versions)
         report.version = number
         report.manifest = read_manifest(self.paths, number)
