@@ -30,6 +30,7 @@ from embedsvc.live.writes import DocumentIn, WriteResult, delete_documents, upse
 from embedsvc.metrics import record_index_damage
 from embedsvc.model_pool import ModelPool
 from embedsvc.search.filters import CompiledFilter
+from embedsvc.search.query_encoding import QueryEncoder
 from embedsvc.search.searcher import Fusion, Searcher
 from embedsvc.settings import Settings
 from embedsvc.store import DB_NAME, Store
@@ -45,18 +46,20 @@ def local_searcher(settings: Settings, collection: str,
                    pinned_version: int | None = None) -> Searcher:
     """A searcher for batch work (CLI, evaluation, pipeline stages) whose model lookup
     blocks until the model is loaded: such callers want dense results, not a fallback."""
-    from embedsvc.encoders import load_encoder
+    from embedsvc.encoders import load_settings_encoder
 
     paths, store = open_store(settings.collections_dir, collection)
-    return Searcher(paths, store, lambda name: load_encoder(
-        name, settings.models_dir, settings.device, settings.encode_batch_size),
-        pinned_version=pinned_version, fusion=fusion_of(settings))
+    return Searcher(paths, store, lambda name: load_settings_encoder(name, settings),
+        pinned_version=pinned_version, fusion=fusion_of(settings),
+        queries=QueryEncoder.from_settings(settings))
 
 
 class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.models = ModelPool(settings)
+        # One for every collection: queries of collections sharing a model share encoder calls.
+        self.queries = QueryEncoder.from_settings(settings)
         self._searchers: dict[str, tuple[tuple[int, int], Searcher]] = {}
         self._lock = threading.Lock()
         self._broken: set[str] = set()
@@ -82,7 +85,8 @@ class Service:
                 return cached[1]
             self._searchers.pop(name, None)
             paths, store = open_store(self.settings.collections_dir, name)
-            searcher = Searcher(paths, store, self.models.get, fusion=fusion_of(self.settings))
+            searcher = Searcher(paths, store, self.models.get, fusion=fusion_of(self.settings),
+                                queries=self.queries)
             searcher.on_damage = record_index_damage
             self._searchers[name] = (identity, searcher)
             return searcher

@@ -26,12 +26,16 @@ def test_spans_follow_the_tokenizer(bundled_model: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_model))
     text = " ".join(f"word{i}" for i in range(300))
-    [spans] = split_passages(tokenizer, [text], max_tokens=128, overlap=16)
+    [spans], [ids] = split_passages(tokenizer, [text], max_tokens=128, overlap=16)
     assert len(spans) > 2 and spans[0][0] == 0 and spans[-1][1] == len(text)
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start < end  # consecutive passages overlap
     assert all(len(tokenizer(text[s:e], add_special_tokens=False)["input_ids"]) <= 128
                for s, e in spans)
+    # the ids handed on for embedding are the passage's own tokens, not a re-tokenisation's
+    assert len(ids) == len(spans) and all(len(p) <= 128 for p in ids)
+    assert tokenizer.decode(ids[1]) == tokenizer.decode(
+        tokenizer(text[spans[1][0]:spans[1][1]], add_special_tokens=False)["input_ids"])
 
 
 def test_search_finds_a_fact_past_the_models_window(settings: Settings, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from embedsvc.backends import interchangeable
 from embedsvc.collection import CollectionPaths
 from embedsvc.encoders import Encoder
 from embedsvc.files import read_json
@@ -36,6 +37,7 @@ from embedsvc.search.dense import DenseIndex, IdFilter, IndexLoadError, damaged_
 from embedsvc.search.filters import CompiledFilter
 from embedsvc.search.fusion import rrf
 from embedsvc.search.lexical import search_lexical
+from embedsvc.search.query_encoding import DIRECT, QueryEncoder
 from embedsvc.store import Store, document_text, split_id
 
 log = logging.getLogger(__name__)
@@ -102,11 +104,15 @@ class Searcher:
     """Answers searches for one collection with whatever is available right now."""
 
     def __init__(self, paths: CollectionPaths, store: Store, encoders: EncoderLookup,
-                 pinned_version: int | None = None, fusion: Fusion = Fusion()):
+                 pinned_version: int | None = None, fusion: Fusion = Fusion(),
+                 queries: QueryEncoder = DIRECT):
         self.paths = paths
         self.store = store
         self.encoders = encoders
         self.fusion = fusion
+        # Encodes queries: shared by a server's searchers, so that concurrent queries of every
+        # collection with the same model share encoder calls and the cache.
+        self.queries = queries
         # A version to search instead of the current one (to evaluate a candidate): its index
         # alone, without the served version's fresh segment and tombstones.
         self.pinned_version = pinned_version
@@ -293,6 +299,15 @@ class Searcher:
                 raise SearchUnavailable(f"model '{model_id}' is not loaded yet; retry, or use "
                                         "mode 'auto'")
             return None, "model_unavailable"
+        built_with = self.store.get_meta("backend")  # None: vectors made elsewhere, or older
+        if built_with is not None and not interchangeable(built_with, encoder.backend):
+            if mode == "dense":
+                raise SearchConflict(
+                    f"collection '{name}' was embedded with backend '{built_with}', whose vectors "
+                    f"differ from those of this server's backend '{encoder.backend}'; serve with "
+                    f"--backend {built_with} or rebuild with `embedsvc index build {name} "
+                    f"--backend {encoder.backend}`")
+            return None, "backend_mismatch"
         return encoder, None
 
     def _has_text(self) -> bool:
@@ -306,7 +321,7 @@ class Searcher:
     def _dense(self, view: live.LiveView, encoder: Encoder, queries: Sequence[str], k: int,
                where: CompiledFilter | None) -> list[list[Ranked]]:
         """Top ``k`` documents per query over index and fresh segment, each by its best passage."""
-        vectors = encoder.encode(list(queries))
+        vectors = self.queries.encode(encoder, queries)
         dim = view.index.dim if view.index is not None else view.fresh.vectors.shape[1]
         if vectors.shape[1] != dim:
             raise SearchConflict(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from embedsvc.api import checks
 from embedsvc.api.deps import ServiceDep, SettingsDep
 from embedsvc.api.errors import JSON_BODY, ApiError, responses
 from embedsvc.api.limits import JsonRoute
+from embedsvc.api.routes._json import model_response
 from embedsvc.api.schemas import CreateCollectionRequest, SearchRequest
 from embedsvc.collection import check_name
 from embedsvc.encoders import ModelError, is_named_model
@@ -58,7 +59,7 @@ def delete_collection(name: str, service: ServiceDep) -> Deleted:
              response_model_exclude_none=False,
              responses=responses(*JSON_BODY, 404, 409, 503))
 def search(name: str, body: SearchRequest, service: ServiceDep,
-           settings: SettingsDep) -> SearchResult:
+           settings: SettingsDep) -> Response:
     """Search a collection. The response says which mode answered and why, if degraded."""
     checks.search_limits(body, settings)
     where = checks.metadata_filter(body.filter, settings)
@@ -66,8 +67,9 @@ def search(name: str, body: SearchRequest, service: ServiceDep,
         body.query, body.k, body.mode, body.model, body.include_text, body.include_metadata,
         where, checks.fusion(body, settings))
     record_search(name, result.mode, result.fallback, result.took_ms / 1000)
-    return SearchResult(
+    # written here, in the request's worker thread: see embedsvc.api.routes._json
+    return model_response(SearchResult(
         collection=name, mode=result.mode, fallback=result.fallback,
         index_version=result.index_version, took_ms=result.took_ms,
         hits=result.hits,
-    )
+    ))
