@@ -219,29 +219,28 @@ class Encoder:
                  backend: str = "torch", models_dir: Path | None = None, threads: int = 0):
         from embedsvc.backends import make_runner
 
-        self.model = load_sentence_transformer(spec.path, device)
+        model = load_sentence_transformer(spec.path, device)
         self.spec = spec
         self.backend = backend
         self.batch_size = batch_size
-        dimension = getattr(self.model, "get_embedding_dimension", None) or \
-            self.model.get_sentence_embedding_dimension  # sentence-transformers < 6
+        dimension = getattr(model, "get_embedding_dimension", None) or \
+            model.get_sentence_embedding_dimension  # sentence-transformers < 6
         self.dim = int(dimension())
-        self.max_seq_length = int(self.model.max_seq_length)
+        self.max_seq_length = int(model.max_seq_length)
+        self.tokenizer = model.tokenizer
         self._prefix, self._suffix = _special_tokens(self.tokenizer)
         self.special_tokens = len(self._prefix) + len(self._suffix)
         self.tokens = self.padded = 0
-        self._inputs = _model_inputs(self.model)
-        self._run = make_runner(backend, self.model, spec, models_dir or spec.path.parent,
+        self._inputs = _model_inputs(model)
+        # The runner keeps what it needs: an ONNX backend runs its own copy of the weights,
+        # so the torch model is not kept beside it.
+        self._run = make_runner(backend, model, spec, models_dir or spec.path.parent,
                                 _threads(threads))
 
     @property
     def key(self) -> tuple[str, str]:
         """What makes two encoders' vectors the same: the model's weights and the backend."""
         return (self.spec.weights_sha256, self.backend)
-
-    @property
-    def tokenizer(self):
-        return self.model.tokenizer
 
     @property
     def max_tokens(self) -> int:

@@ -26,7 +26,7 @@ from embedsvc.files import read_json, sha256_file, write_json
 log = logging.getLogger(__name__)
 
 # Bump when the export's graph or quantisation changes, so old exports are made again.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 OPSET = 17
 FP32_FILE = "model.onnx"
 INT8_FILE = "model-int8.onnx"
@@ -76,7 +76,9 @@ def _export_folder(model: Any, spec: ModelSpec, folder: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".export-"))
     try:
         log.info("exporting %s to ONNX in %s (once per model)", spec.model_id, folder)
-        _export(model, tmp / FP32_FILE)
+        _export(model, tmp / "traced.onnx")
+        _optimize(tmp / "traced.onnx", tmp / FP32_FILE)
+        (tmp / "traced.onnx").unlink()
         _quantize(tmp / FP32_FILE, tmp / INT8_FILE)
         files = {name: sha256_file(tmp / name) for name in (FP32_FILE, INT8_FILE)}
         write_json(tmp / "export.json", {"format": EXPORT_FORMAT, "model_id": spec.model_id,
@@ -132,13 +134,28 @@ def _export(model: Any, path: Path) -> None:
                           opset_version=OPSET, dynamo=False)
 
 
+def _optimize(source: Path, target: Path) -> None:
+    """Fuse the transformer's small operators (bias + GELU, residual + layer norm) into ONNX
+    Runtime's kernels: fewer passes over the activations, so a faster forward pass and a
+    lower peak of memory, with the same vectors (benchmarks/RESULTS.md)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # num_heads and hidden_size 0: read from the graph; opt_level 1: fusions only, leaving
+    # hardware-specific layout choices to the session that runs the file
+    optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0,
+                   opt_level=1).save_model_to_file(str(target))
+
+
 def _quantize(source: Path, target: Path) -> None:
     """int8 weights, per output channel, for the matrix products only.
 
     The embeddings (a Gather), layer norms and pooling stay fp32: quantising every operator
     the tool can reach cost retrieval quality (see benchmarks/RESULTS.md).
     """
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # the fused graph leaves some tensor types to be inferred: say they are float
     quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"],
-                     per_channel=True, weight_type=QuantType.QInt8)
+                     per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": TensorProto.FLOAT})

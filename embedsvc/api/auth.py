@@ -135,16 +135,17 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Or the key in X-API-Key.")
 
 
-def authorize(request: Request,
-              bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-              header: Annotated[str | None, Depends(_header)]) -> None:
+async def authorize(request: Request,
+                    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                    header: Annotated[str | None, Depends(_header)]) -> None:
     """The API routes' dependency: its security parameters declare the key in the OpenAPI
     schema; the check itself is :func:`authorize_request` (done already, before the body
-    was read, on routes that take one)."""
+    was read, on routes that take one). async, as the check is in memory: a plain function
+    would cost every request a trip through the thread pool."""
     authorize_request(request)
 
 
-def authorize_unlisted(request: Request) -> None:
+async def authorize_unlisted(request: Request) -> None:
     """The health routes' dependency, which the schema shows as open: they are, but for
     ``/metrics`` when ``EMBEDSVC_METRICS_SCOPE=admin`` (not in the schema)."""
     authorize_request(request)

@@ -10,11 +10,12 @@ from embedsvc.service import Service
 from embedsvc.settings import Settings
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    """async: a plain function would cost every request a trip through the thread pool."""
     return request.app.state.service
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.service.settings
 
 

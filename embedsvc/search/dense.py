@@ -114,15 +114,33 @@ def search_shards(
         raise ValueError("search_shards needs at least one index")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     one = search or (lambda _, ix, q, n: ix.search(q, n))
+    threads = omp_threads(len(queries))
+
+    def shard(s: int) -> tuple[np.ndarray, np.ndarray]:
+        faiss.omp_set_num_threads(threads)  # this thread's own setting (OpenMP's is per thread)
+        return one(s, indexes[s], queries, k)
+
     if len(indexes) == 1:
-        results = [one(0, indexes[0], queries, k)]
+        results = [shard(0)]
     elif pool is not None:
-        results = list(pool.map(lambda s: one(s, indexes[s], queries, k), range(len(indexes))))
+        results = list(pool.map(shard, range(len(indexes))))
     else:
         with ThreadPoolExecutor(max_workers=len(indexes)) as own:
-            results = list(own.map(lambda s: one(s, indexes[s], queries, k), range(len(indexes))))
+            results = list(own.map(shard, range(len(indexes))))
     return merge_top(np.concatenate([r[0] for r in results], axis=1),
                      np.concatenate([r[1] for r in results], axis=1), k)
+
+
+# FAISS parallelises a search over its queries: a few queries gain nothing from more threads,
+# while waking the OpenMP team costs more than a small search, and its spinning threads take
+# cores from the model encoding the next queries (benchmarks/RESULTS.md, query path).
+_OMP_MAX = faiss.omp_get_max_threads()
+_PARALLEL_QUERIES = 8
+
+
+def omp_threads(queries: int) -> int:
+    """OpenMP threads for a FAISS search of ``queries`` queries."""
+    return 1 if queries < _PARALLEL_QUERIES else _OMP_MAX
 
 
 def merge_top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
