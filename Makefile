@@ -6,7 +6,7 @@ PORT ?= 8000
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench bench-peers
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,12 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/index_and_search.py
+
+# embedsvc against txtai, Chroma, LanceDB, raw FAISS and hnswlib, side by side (about 3 h on
+# 2 cores). The peers install into their own venvs under benchmarks/peers/.venvs; wrk comes
+# from Debian's packages.
+bench-peers: install
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python benchmarks/backends.py
+	$(BIN)/python benchmarks/peers/text.py --out benchmarks/peers/results-text.json
+	$(BIN)/python benchmarks/peers/vectors_1m.py --out benchmarks/peers/results-1m.json

@@ -108,7 +108,7 @@ def index_info(
     for key in ("documents", "passages", "versions_on_disk"):
         table.add_row(key, str(info[key]))
     for key in ("layout", "search_params", "count", "dim", "recall_at_10", "index_bytes",
-                "build_seconds", "reason", "model_id", "weights_sha256", "backend"):
+                "build_seconds", "reason", "model_id", "weights_sha256", "backend", "space"):
         if manifest and key in manifest:
             table.add_row(key, str(manifest[key]))
     if manifest:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +209,23 @@ def load_sentence_transformer(path: Path | str, device: str = "cpu",
     return model
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What encoding needs of a model besides its forward pass."""
+
+    dim: int
+    max_seq_length: int
+    inputs: list[str]  # the token arrays the forward pass takes
+    tokenizer: Any  # a transformers tokenizer, or a FileTokenizer that agrees with it
+
+    @classmethod
+    def of(cls, model: Any) -> ModelShape:
+        dimension = getattr(model, "get_embedding_dimension", None) or \
+            model.get_sentence_embedding_dimension  # sentence-transformers < 6
+        return cls(int(dimension()), int(model.max_seq_length), _model_inputs(model),
+                   model.tokenizer)
+
+
 class Encoder:
     """A loaded model that turns texts, or token ids already cut, into unit vectors.
 
@@ -213,29 +233,41 @@ class Encoder:
     to lengths close to its own instead of to the longest text of the call; the batches
     run through the chosen backend (:mod:`embedsvc.backends`). ``padded`` and ``tokens``
     count what went through, so the share of padding is measurable.
+
+    An ONNX backend whose export exists needs neither torch nor transformers: the export's
+    record has the model's shape, and its tokenizer runs from ``tokenizer.json``
+    (:mod:`embedsvc.tokens`), about 530 MB less resident memory.
     """
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", batch_size: int = 32,
-                 backend: str = "torch", models_dir: Path | None = None, threads: int = 0):
-        from embedsvc.backends import make_runner
+                 backend: str = "torch", models_dir: Path | None = None, threads: int = 0,
+                 batch_tokens: int | None = None):
+        from embedsvc.backends import make_runner, rows_per_pass, vector_space
+        from embedsvc.onnx_export import export_record, exported_shape
 
-        model = load_sentence_transformer(spec.path, device)
+        models_dir = models_dir or spec.path.parent
+        model = None
+        shape = exported_shape(spec, models_dir) if backend.startswith("onnx") else None
+        if shape is None:
+            model = load_sentence_transformer(spec.path, device)
+            shape = ModelShape.of(model)
         self.spec = spec
         self.backend = backend
-        self.batch_size = batch_size
-        dimension = getattr(model, "get_embedding_dimension", None) or \
-            model.get_sentence_embedding_dimension  # sentence-transformers < 6
-        self.dim = int(dimension())
-        self.max_seq_length = int(model.max_seq_length)
-        self.tokenizer = model.tokenizer
+        self.batch_size = rows_per_pass(backend, batch_size)
+        self.batch_tokens = batch_tokens  # None: no budget
+        self.dim = shape.dim
+        self.max_seq_length = shape.max_seq_length
+        self.tokenizer = shape.tokenizer
+        self._inputs = shape.inputs
         self._prefix, self._suffix = _special_tokens(self.tokenizer)
         self.special_tokens = len(self._prefix) + len(self._suffix)
         self.tokens = self.padded = 0
-        self._inputs = _model_inputs(model)
         # The runner keeps what it needs: an ONNX backend runs its own copy of the weights,
         # so the torch model is not kept beside it.
-        self._run = make_runner(backend, model, spec, models_dir or spec.path.parent,
-                                _threads(threads))
+        self._run = make_runner(backend, model, spec, models_dir, _threads(threads))
+        # which indexes this encoder's queries may search (onnx-int8: as its export measured)
+        self.space = vector_space(backend, export_record(spec, models_dir).get("int8_cosine")
+                                  if backend == "onnx-int8" else None)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -263,13 +295,35 @@ class Encoder:
         if not ids:
             return out
         started = time.perf_counter()
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        for at in range(0, len(order), self.batch_size):
-            rows = order[at:at + self.batch_size]
+        for rows in self._batches(ids):
             out[rows] = self._run(self._pad([ids[i] for i in rows]))
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         record_encode(self.spec.model_id, len(ids), time.perf_counter() - started)
         return out
+
+    def _batches(self, ids: list[list[int]]) -> Iterator[list[int]]:
+        """Row numbers of each forward pass: longest first, at most ``batch_size`` rows and
+        ``batch_tokens`` padded tokens; a batch also ends where the next text is under half
+        its longest, so that few short texts (gathered queries, a chunk's last passages) are
+        padded to a long one's length.
+
+        The token budget matters on a CPU: ONNX Runtime keeps the memory of its largest pass,
+        and 32 passages of 256 tokens held 1.2 GB where 8 held 0.54 GB, at the same speed
+        (benchmarks/RESULTS.md)."""
+        budget = self.batch_tokens or float("inf")
+        batch: list[int] = []
+        width = 0
+        for i in sorted(range(len(ids)), key=lambda i: -len(ids[i])):
+            length = len(ids[i]) + self.special_tokens
+            if batch and (len(batch) == self.batch_size or 2 * length < width
+                          or (len(batch) + 1) * width > budget):
+                yield batch
+                batch = []
+            if not batch:
+                width = length
+            batch.append(i)
+        if batch:
+            yield batch
 
     def _pad(self, batch: list[list[int]]) -> dict[str, np.ndarray]:
         """The model's input arrays for one batch: special tokens added, padded to its longest."""
@@ -316,9 +370,12 @@ def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 
 def _threads(threads: int) -> int:
-    """Threads for the forward pass; 0 means what this process's torch already uses (the
-    process executor limits that per worker). torch's count is per process, so a number
-    given here sets it for every torch model of the process."""
+    """Threads for the forward pass; 0 means what this process's torch uses (the process
+    executor limits that per worker), or every core this process may run on where torch
+    is not loaded. torch's count is per process, so a number given here sets it for every
+    torch model of the process."""
+    if "torch" not in sys.modules:
+        return threads or len(os.sched_getaffinity(0))
     import torch
 
     if threads:
@@ -332,19 +389,21 @@ _cache_lock = threading.Lock()
 
 
 def load_encoder(name: str, models_dir: Path, device: str = "cpu", batch_size: int = 32,
-                 backend: str = "torch", threads: int = 0) -> Encoder:
+                 backend: str = "torch", threads: int = 0,
+                 batch_tokens: int | None = None) -> Encoder:
     """Load a model once per process and backend; later calls for the same name or folder
     share it."""
     key = (str(models_dir), name, device, backend)
     with _cache_lock:
         if key not in _by_name:
             spec = resolve_model(name, models_dir)
-            path_key = (str(spec.path.resolve()), device, backend)
+            # the models folder too: it holds the ONNX export the encoder runs
+            path_key = (str(spec.path.resolve()), str(models_dir), device, backend)
             if path_key not in _by_path:
                 log.info("loading model %s from %s (backend %s)", spec.model_id, spec.path, backend)
                 _by_path[path_key] = Encoder(spec, device=device, batch_size=batch_size,
                                              backend=backend, models_dir=models_dir,
-                                             threads=threads)
+                                             threads=threads, batch_tokens=batch_tokens)
             _by_name[key] = _by_path[path_key]
         return _by_name[key]
 
@@ -352,4 +411,4 @@ def load_encoder(name: str, models_dir: Path, device: str = "cpu", batch_size: i
 def load_settings_encoder(name: str, settings: Any) -> Encoder:
     """:func:`load_encoder` as the settings say: their device, batch size, backend, threads."""
     return load_encoder(name, settings.models_dir, settings.device, settings.encode_batch_size,
-                        settings.backend, settings.encode_threads)
+                        settings.backend, settings.encode_threads, settings.encode_batch_tokens)

@@ -54,7 +54,10 @@ ENCODE_BATCH_SIZE = Histogram(
     "embedsvc_encode_batch_size", "Texts per encode call.", ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
 )
-
+QUERY_CACHE = Counter(
+    "embedsvc_query_cache_total", "Query vectors looked up in the query cache, by result "
+    "(hit, miss); none while EMBEDSVC_QUERY_CACHE_SIZE is 0.", ["result"],
+)
 
 INDEX_DAMAGE = Counter(
     "embedsvc_index_damaged_total", "Served index versions dropped because they were found "

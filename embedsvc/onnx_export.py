@@ -17,16 +17,18 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from embedsvc.encoders import ModelError, ModelSpec
+from embedsvc.encoders import ModelError, ModelShape, ModelSpec
 from embedsvc.files import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
 # Bump when the export's graph or quantisation changes, so old exports are made again.
-EXPORT_FORMAT = 2
+EXPORT_FORMAT = 3
 OPSET = 17
 FP32_FILE = "model.onnx"
 INT8_FILE = "model-int8.onnx"
@@ -65,6 +67,52 @@ def verified(folder: Path, name: str) -> Path:
     return folder / name
 
 
+def export_record(spec: ModelSpec, models_dir: Path) -> dict[str, Any]:
+    """The export's ``export.json`` (empty before the model is exported)."""
+    try:
+        return read_json(export_dir(models_dir, spec) / "export.json")
+    except (OSError, ValueError):
+        return {}
+
+
+def exported_shape(spec: ModelSpec, models_dir: Path) -> ModelShape | None:
+    """The model's shape from its export's record, with the tokenizer run from its
+    ``tokenizer.json``: all an ONNX encoder needs, without loading torch. None when there
+    is no export yet, or the model must be tokenised by transformers (its file did not
+    agree with it at export, or changed since)."""
+    from embedsvc.tokens import FileTokenizer
+
+    try:
+        record = export_record(spec, models_dir)
+        tokenizer = spec.path / record["tokenizer_file"]
+        if sha256_file(tokenizer) != record["tokenizer_sha256"]:
+            log.warning("%s changed since the model was exported; tokenising with transformers",
+                        tokenizer)
+            return None
+        return ModelShape(int(record["dim"]), int(record["max_seq_length"]),
+                          list(record["inputs"]), FileTokenizer(tokenizer, int(record["pad_token_id"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _tokenizer_record(model: Any, spec: ModelSpec) -> dict[str, str | None]:
+    """Where the model's ``tokenizer.json`` is (relative to the model's folder) and its
+    sha256, if it tokenises the probes exactly as the model's transformers tokenizer."""
+    from embedsvc.tokens import FileTokenizer, agrees
+
+    path = Path(getattr(model.tokenizer, "name_or_path", "") or "") / "tokenizer.json"
+    try:
+        relative = path.resolve().relative_to(spec.path.resolve())
+        if agrees(model.tokenizer, FileTokenizer(path, model.tokenizer.pad_token_id or 0)):
+            return {"tokenizer_file": str(relative), "tokenizer_sha256": sha256_file(path)}
+    except Exception as exc:  # noqa: BLE001 - whatever fails, transformers tokenises
+        log.info("%s: tokenising with transformers (%s)", spec.model_id, exc)
+        return {"tokenizer_file": None, "tokenizer_sha256": None}
+    log.info("%s: its tokenizer.json disagrees with transformers on the probes; tokenising "
+             "with transformers", spec.model_id)
+    return {"tokenizer_file": None, "tokenizer_sha256": None}
+
+
 def input_names(model: Any) -> list[str]:
     """The inputs the model's tokenizer makes, in the order the exported graph takes them."""
     made = set(model.tokenizer.model_input_names)
@@ -77,13 +125,21 @@ def _export_folder(model: Any, spec: ModelSpec, folder: Path) -> None:
     try:
         log.info("exporting %s to ONNX in %s (once per model)", spec.model_id, folder)
         _export(model, tmp / "traced.onnx")
-        _optimize(tmp / "traced.onnx", tmp / FP32_FILE)
+        with _quiet():
+            _optimize(tmp / "traced.onnx", tmp / FP32_FILE)
+            _quantize(tmp / FP32_FILE, tmp / INT8_FILE)
         (tmp / "traced.onnx").unlink()
-        _quantize(tmp / FP32_FILE, tmp / INT8_FILE)
+        int8_cosine = _int8_cosine(model, tmp / FP32_FILE, tmp / INT8_FILE)
+        log.info("%s: int8 vectors' mean cosine to fp32 %.4f", spec.model_id, int8_cosine)
         files = {name: sha256_file(tmp / name) for name in (FP32_FILE, INT8_FILE)}
-        write_json(tmp / "export.json", {"format": EXPORT_FORMAT, "model_id": spec.model_id,
-                                         "weights_sha256": spec.weights_sha256, "opset": OPSET,
-                                         "inputs": input_names(model), "files": files})
+        shape = ModelShape.of(model)
+        write_json(tmp / "export.json", {
+            "format": EXPORT_FORMAT, "model_id": spec.model_id,
+            "weights_sha256": spec.weights_sha256, "opset": OPSET, "inputs": shape.inputs,
+            "dim": shape.dim, "max_seq_length": shape.max_seq_length,
+            "pad_token_id": model.tokenizer.pad_token_id or 0, "int8_cosine": int8_cosine,
+            **_tokenizer_record(model, spec),
+            "files": files})
         tmp.rename(folder)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -134,6 +190,17 @@ def _export(model: Any, path: Path) -> None:
                           opset_version=OPSET, dynamo=False)
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """ONNX Runtime's optimizer and quantizer log a line per node or tensor, and advice for
+    image models, on the root logger: silenced while they run (their errors still raise)."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def _optimize(source: Path, target: Path) -> None:
     """Fuse the transformer's small operators (bias + GELU, residual + layer norm) into ONNX
     Runtime's kernels: fewer passes over the activations, so a faster forward pass and a
@@ -144,6 +211,40 @@ def _optimize(source: Path, target: Path) -> None:
     # hardware-specific layout choices to the session that runs the file
     optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0,
                    opt_level=1).save_model_to_file(str(target))
+
+
+# What the int8 file is compared with the fp32 one on: sentences of several fields and kinds.
+_AGREEMENT_TEXTS = [
+    "The p53 protein regulates the cell cycle and acts as a tumour suppressor.",
+    "Vitamin D deficiency is associated with a higher risk of respiratory infections.",
+    "How do I reset my password if I no longer have access to my email?",
+    "Quarterly revenue rose 12% on strong demand for cloud services.",
+    "The recipe calls for two cups of flour, one egg and a pinch of salt.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "The court held that the contract was void for lack of consideration.",
+    "A gentle breeze carried the smell of rain across the valley at dusk.",
+    "Install the package, then restart the service to load the new configuration.",
+    "Crème brûlée, naïve résumé; 漢字 and ΑΒΓ in one line.",
+]
+
+
+def _int8_cosine(model: Any, fp32: Path, int8: Path) -> float:
+    """Mean cosine between the int8 file's vectors and the fp32 file's on the texts above:
+    the measure that decides whether int8 shares the fp32 vector space
+    (:func:`embedsvc.backends.vector_space`)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    names = input_names(model)
+    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                for path in (fp32, int8)]
+    cosines = []
+    for text in _AGREEMENT_TEXTS:  # one text a pass, as the int8 backend runs them
+        tokens = model.tokenizer([text], return_tensors="np")
+        feed = {name: np.asarray(tokens[name], dtype=np.int64) for name in names}
+        a, b = (session.run(None, feed)[0][0] for session in sessions)
+        cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    return round(float(np.mean(cosines)), 6)
 
 
 def _quantize(source: Path, target: Path) -> None:

@@ -31,12 +31,16 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     chunk_size: int = Field(512, ge=1, description="Documents per indexing chunk.")
-    encode_batch_size: int = Field(32, ge=1)
+    encode_batch_size: int = Field(32, ge=1, description="Most texts in one forward pass.")
+    encode_batch_tokens: int = Field(
+        2048, ge=1, description="Most padded tokens in one forward pass (texts × the longest): "
+                                "bounds a pass's activation memory. 2048 is 8 passages of 256 "
+                                "tokens, or 32 queries.")
     device: str = Field("cpu", description="torch device used to encode.")
     backend: Backend = Field(
-        "torch", description="How models run: torch (fp32), torch-bf16 (autocast), onnx (ONNX "
-                             "Runtime, fp32) or onnx-int8 (quantised). Exported once per model "
-                             "into <home>/models/_onnx/<weights sha256>/.")
+        "onnx-int8", description="How models run: torch (fp32), torch-bf16 (autocast), onnx "
+                                 "(ONNX Runtime, fp32) or onnx-int8 (quantised). Exported once "
+                                 "per model into <home>/models/_onnx/.")
     encode_threads: int = Field(
         0, ge=0, description="Threads one encoder uses (0: every core of the machine).")
     query_batch_wait_ms: float = Field(

@@ -28,7 +28,7 @@ import numpy as np
 
 from embedsvc import __version__
 from embedsvc.collection import exclusive, open_store, read_manifest
-from embedsvc.encoders import embedding_dimension, load_encoder, resolve_model
+from embedsvc.encoders import embedding_dimension, load_encoder, load_settings_encoder, resolve_model
 from embedsvc.files import sha256_file, short_hash
 from embedsvc.passages import LongTexts, embed_passages
 from embedsvc.search.dense import damaged_shards
@@ -133,10 +133,17 @@ class ChunkEmbedder:
     long_texts: LongTexts = "split"
     backend: str = "torch"
     threads: int = 0  # 0: what the executor gave this process's torch
+    batch_tokens: int | None = None
+
+    @classmethod
+    def of(cls, model: str, settings: Settings, long_texts: LongTexts, backend: str) -> ChunkEmbedder:
+        """The embedder of a build: the settings' encoding options, the build's own."""
+        return cls(model, str(settings.models_dir), settings.device, settings.encode_batch_size,
+                   long_texts, backend, settings.encode_threads, settings.encode_batch_tokens)
 
     def __call__(self, task: EmbedTask) -> EmbeddedChunk:
         encoder = load_encoder(self.model, Path(self.models_dir), self.device, self.batch_size,
-                               self.backend, self.threads)
+                               self.backend, self.threads, self.batch_tokens)
         spans, vectors = embed_passages(encoder, task.texts, self.long_texts)
         return EmbeddedChunk(task, spans, vectors)
 
@@ -243,9 +250,8 @@ class BuildJob:
 
     @property
     def encoder(self) -> Any:
-        return load_encoder(self.model_name, self.settings.models_dir, self.settings.device,
-                            self.settings.encode_batch_size, self.backend,
-                            self.settings.encode_threads)
+        return load_settings_encoder(self.model_name,
+                                     self.settings.model_copy(update={"backend": self.backend}))
 
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> BuildReport:
@@ -310,9 +316,8 @@ class BuildJob:
             for _ in tasks():  # lexical only: storing the documents is all there is
                 pass
             return []
-        embed = ChunkEmbedder(self.model_name, str(self.settings.models_dir),
-                              self.settings.device, self.settings.encode_batch_size,
-                              self.options.long_texts, self.backend, self.settings.encode_threads)
+        embed = ChunkEmbedder.of(self.model_name, self.settings, self.options.long_texts,
+                                 self.backend)
         for done_chunk in self.executor.map(embed, tasks()):
             task = done_chunk.task
             ids = self.store.replace_passages(task.rowids, done_chunk.spans, build_id, self.tables)
@@ -435,7 +440,7 @@ class BuildJob:
         }
         if o.vectors is None:  # how the texts were embedded; vectors made elsewhere don't say
             manifest.update(max_seq_length=self.encoder.max_seq_length, long_texts=o.long_texts,
-                            backend=self.backend)
+                            backend=self.backend, space=self.encoder.space)
         number = write_version(
             self.paths,
             lambda folder: {**build_index(chunks, self.dim, folder, index=o.index,
@@ -450,8 +455,10 @@ class BuildJob:
             switch_version(self.store, number, self.spec.model_id, build=build_id,
                            started_seq=started_seq, version_ids=ids,
                            weights_sha256=self.spec.weights_sha256)
+            embedded = o.vectors is None
             self.store.set_meta(layout=self.layout_options(), long_texts=o.long_texts,
-                                backend=None if o.vectors is not None else self.backend)
+                                backend=self.backend if embedded else None,
+                                space=self.encoder.space if embedded else None)
             prune_versions(self.paths, number, o.keep_versions)
         report.version = number
         report.manifest = read_manifest(self.paths, number)

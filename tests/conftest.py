@@ -49,12 +49,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 _HYPOTHESIS_HOME = pytest.StashKey[tempfile.TemporaryDirectory]()
 
 
-def make_settings(home: Path, bundled_model: Path, **overrides) -> Settings:
-    """Settings for a fresh home that reuses the session's unpacked model (a symlink)."""
+def make_settings(home: Path, bundled_model: Path, shared_export: bool = True,
+                  **overrides) -> Settings:
+    """Settings for a fresh home that reuses the session's unpacked model (a symlink) and,
+    unless a test changes it, the session's ONNX export of it (made by the first test that
+    needs it, as a first run makes it)."""
     link = home / "models" / "_bundled" / DEFAULT_MODEL
     if not link.exists():
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(bundled_model, target_is_directory=True)
+    exports = home / "models" / "_onnx"
+    if shared_export and not exports.exists():
+        shared = bundled_model.parent.parent / "_onnx"
+        shared.mkdir(exist_ok=True)
+        exports.symlink_to(shared, target_is_directory=True)
     return Settings(home=home, **overrides)
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from embedsvc.backends import INTERCHANGEABLE_COSINE
 from embedsvc.cli import app
 from embedsvc.client import Client, Conflict
-from embedsvc.encoders import (DEFAULT_MODEL, Encoder, ModelError, load_encoder,
-                               load_sentence_transformer, resolve_model)
+from embedsvc.encoders import DEFAULT_MODEL, Encoder, ModelError, load_encoder, load_sentence_transformer, resolve_model
 from embedsvc.onnx_export import export_dir
 from embedsvc.passages import embed_passages, split_passages
 from tests.conftest import SCIFACT, RunningServer, make_settings, wait_for
@@ -61,11 +61,15 @@ def test_backend_agrees_with_torch(backend: str, models_dir: Path, texts: list[s
     assert (np.argsort(-(vectors @ reference.T), axis=1)[:, 0] == np.arange(len(texts))).all()
 
 
-def test_encoding_order_and_batches_do_not_change_vectors(models_dir: Path, texts: list[str],
-                                                          reference: np.ndarray) -> None:
-    encoder = load_encoder(DEFAULT_MODEL, models_dir)
+@pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
+def test_encoding_order_and_batches_do_not_change_vectors(backend: str, models_dir: Path,
+                                                          texts: list[str]) -> None:
+    """A text's vector is its own: the same alone, in any order, beside any other texts
+    (int8 included, whose activation scale would otherwise be shared by a pass)."""
+    encoder = load_encoder(DEFAULT_MODEL, models_dir, backend=backend)
+    together = encoder.encode(texts)
     single = np.stack([encoder.encode([t])[0] for t in texts[::-1]])[::-1]
-    assert np.abs(single - reference).max() < 1e-5
+    assert np.abs(single - together).max() < 1e-5
 
 
 def test_passages_reuse_the_splitters_token_ids(models_dir: Path, texts: list[str]) -> None:
@@ -94,8 +98,13 @@ def test_sorting_by_length_cuts_padding(models_dir: Path, texts: list[str]) -> N
         return sum(max(b) * len(b) - sum(b) for b in batches)
 
     encoder.encode(texts)
-    assert encoder.padded == padding(sorted(range(len(texts)), key=lambda i: -lengths[i]))
+    assert encoder.padded <= padding(sorted(range(len(texts)), key=lambda i: -lengths[i]))
     assert encoder.padded < padding(list(range(len(texts)))) / 2  # in the order given
+    # short texts are not padded to a long one's length: they go in a pass of their own
+    encoder.padded = 0
+    vectors = encoder.encode(["p53", texts[0], "p53", "scurvy"])
+    assert encoder.padded == 2  # each "p53" (2 tokens) padded to "scurvy" (3), not to the abstract
+    np.testing.assert_allclose(vectors[1], encoder.encode([texts[0]])[0], atol=1e-6)
 
 
 def test_export_is_made_once_and_checked(models_dir: Path) -> None:
@@ -111,7 +120,7 @@ def test_export_is_made_once_and_checked(models_dir: Path) -> None:
 
 
 def test_tampered_export_is_refused(tmp_path: Path, bundled_model: Path) -> None:
-    settings = make_settings(tmp_path / "home", bundled_model)
+    settings = make_settings(tmp_path / "home", bundled_model, shared_export=False)
     spec = resolve_model(DEFAULT_MODEL, settings.models_dir)
     Encoder(spec, backend="onnx-int8", models_dir=settings.models_dir)
     target = export_dir(settings.models_dir, spec) / "model-int8.onnx"
@@ -124,18 +133,45 @@ def test_tampered_export_is_refused(tmp_path: Path, bundled_model: Path) -> None
     Encoder(spec, backend="onnx", models_dir=settings.models_dir)
 
 
-def test_build_records_backend_and_a_server_refuses_vectors_it_cannot_match(
-        tmp_path: Path, bundled_model: Path, mini_beir: Path) -> None:
+def test_int8_of_the_default_model_shares_the_fp32_space(
+        models_dir: Path, tmp_path: Path, bundled_model: Path, mini_beir: Path) -> None:
+    """Its export measured int8 close enough to fp32: a torch server searches an index
+    built with onnx-int8 densely, and the manifest says so."""
+    load_encoder(DEFAULT_MODEL, models_dir, backend="onnx")  # the export, if not made yet
+    record = json.loads((export_dir(models_dir, resolve_model(DEFAULT_MODEL, models_dir))
+                         / "export.json").read_text())
+    assert record["int8_cosine"] >= INTERCHANGEABLE_COSINE
     settings = make_settings(tmp_path / "home", bundled_model, chunk_size=64)
+    built = CliRunner().invoke(app, ["--home", str(settings.home), "index", "build", "int8",
+                                     "--input", str(mini_beir), "--backend", "onnx-int8"])
+    assert built.exit_code == 0, built.output
+    info = CliRunner().invoke(app, ["--home", str(settings.home), "index", "info", "int8", "--json"])
+    manifest = json.loads(info.output)["manifest"]
+    assert (manifest["backend"], manifest["space"]) == ("onnx-int8", "fp32")
+    with RunningServer(settings.model_copy(update={"backend": "torch"})) as server, \
+            Client(server.url) as client:
+        wait_for(lambda: client.readyz().status == "ready")
+        answer = client.search("int8", "vitamin D deficiency", k=3, mode="dense")
+        assert answer.fallback is None and len(answer.hits) == 3
+
+
+def test_a_server_refuses_vectors_it_cannot_match(tmp_path: Path, bundled_model: Path,
+                                                   mini_beir: Path) -> None:
+    """A model whose int8 vectors agreed poorly with fp32 at export (the record says so):
+    its int8 index is its own space, refused by a torch server, served by an int8 one."""
+    settings = make_settings(tmp_path / "home", bundled_model, shared_export=False, chunk_size=64)
+    spec = resolve_model(DEFAULT_MODEL, settings.models_dir)
+    Encoder(spec, backend="onnx", models_dir=settings.models_dir)  # exports
+    record_path = export_dir(settings.models_dir, spec) / "export.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "int8_cosine": 0.9}))
     runner = CliRunner()
-    built = runner.invoke(app, ["--home", str(settings.home), "index", "build", "int8", "--input",
-                                str(mini_beir), "--backend", "onnx-int8"])
-    assert built.exit_code == 0, built.output
+    for name, backend in (("int8", "onnx-int8"), ("fp32", "onnx")):
+        built = runner.invoke(app, ["--home", str(settings.home), "index", "build", name,
+                                    "--input", str(mini_beir), "--backend", backend])
+        assert built.exit_code == 0, built.output
     info = runner.invoke(app, ["--home", str(settings.home), "index", "info", "int8", "--json"])
-    assert json.loads(info.output)["manifest"]["backend"] == "onnx-int8"
-    built = runner.invoke(app, ["--home", str(settings.home), "index", "build", "fp32", "--input",
-                                str(mini_beir), "--backend", "onnx"])
-    assert built.exit_code == 0, built.output
+    assert json.loads(info.output)["manifest"]["space"] == "onnx-int8"
 
     query = "vitamin D deficiency"
     served = settings.model_copy(update={"backend": "torch"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -332,3 +333,20 @@ def test_search_and_embed_bodies_are_the_declared_models(settings: Settings) -> 
     for path, model_name in (("/v1/collections/{name}/search", "SearchResult"), ("/v1/embed", "Embeddings")):
         body = schema[path]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
         assert body["$ref"].endswith(f"/{model_name}")
+
+
+def cache_count(url: str, result: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(rf'^embedsvc_query_cache_total{{result="{result}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_repeated_query_is_a_cache_hit_on_metrics(served_home: Settings) -> None:
+    with RunningServer(served_home) as running, Client(running.url, timeout=DEADLINE) as client:
+        wait_for(lambda: client.readyz().status == "ready", timeout=DEADLINE)
+        before = {r: cache_count(running.url, r) for r in ("hit", "miss")}
+        first = client.search("mini", "a query asked twice", k=5, mode="dense")
+        again = client.search("mini", "a query asked twice", k=5, mode="dense")
+        after = {r: cache_count(running.url, r) for r in ("hit", "miss")}
+    assert [h.id for h in again.hits] == [h.id for h in first.hits]
+    assert after["miss"] - before["miss"] == 1 and after["hit"] - before["hit"] == 1

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from embedsvc.backends import interchangeable
+from embedsvc.backends import mismatch
 from embedsvc.collection import CollectionError, CollectionPaths, read_manifest
 from embedsvc.live import jobs
 from embedsvc.live.embedder import embed_pending
@@ -126,8 +126,7 @@ class LiveWorker:
         encoder = self.encoders(model) if model else None
         if encoder is None:
             return 0  # the model is loading; the documents wait, lexical search has them
-        built_with = store.get_meta("backend")
-        if built_with is not None and not interchangeable(built_with, encoder.backend):
+        if mismatch(store.get_meta, encoder.space) is not None:
             return 0  # they would not match the index (search says backend_mismatch); a build will
         return embed_pending(store, encoder, store.get_meta("long_texts") or "split",
                              self.settings.embed_batch_documents)

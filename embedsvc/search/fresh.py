@@ -124,10 +124,12 @@ def refresh(store: Store, view: LiveView) -> LiveView | None:
         The new view (``view`` itself when nothing changed), or None when the served version
         changed or the change log no longer reaches back to ``view``: reload with :func:`load`.
     """
+    # the usual answer, nothing changed: one statement, its own snapshot, no transaction
+    version, seq, _ = state_numbers(store.conn)
+    if seq == view.seq and version == view.version:
+        return view
     with store.read() as conn:
         version, seq, floor = state_numbers(conn)
-        if seq == view.seq and version == view.version:
-            return view
         if version != view.version or view.seq < floor:
             return None
         new_tombs = np.fromiter((r[0] for r in conn.execute(

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from embedsvc.metrics import QUERY_CACHE
+
 if TYPE_CHECKING:
     from embedsvc.settings import Settings
 
@@ -60,6 +62,7 @@ class TextEncoder(Protocol):
 
 
 CacheKey = tuple[Hashable, str]
+_HIT, _MISS = QUERY_CACHE.labels("hit"), QUERY_CACHE.labels("miss")
 
 
 class QueryCache:
@@ -83,10 +86,12 @@ class QueryCache:
             row = self._rows.get(key)
             if row is None:
                 self.misses += 1
+                _MISS.inc()
                 return None
             self._rows.move_to_end(key)
             self.hits += 1
-            return row
+        _HIT.inc()
+        return row
 
     def put(self, key: CacheKey, row: np.ndarray) -> None:
         """Keep a read-only copy of ``row`` (the caller's array stays the caller's)."""

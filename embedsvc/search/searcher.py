@@ -21,11 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from embedsvc.backends import interchangeable
+from embedsvc.backends import mismatch
 from embedsvc.collection import CollectionPaths
 from embedsvc.encoders import Encoder
 from embedsvc.files import read_json
@@ -269,7 +269,7 @@ class Searcher:
         if encoder is None:
             return "lexical", missing, None
         if mode == "auto":  # the best answer available: both sides when both can answer
-            return ("hybrid", None, encoder) if self._has_text() else ("dense", "no_text", encoder)
+            return ("hybrid", None, encoder) if self._has_text(view) else ("dense", "no_text", encoder)
         return mode, None, encoder
 
     def _dense_side(self, view: live.LiveView, mode: str,
@@ -299,21 +299,31 @@ class Searcher:
                 raise SearchUnavailable(f"model '{model_id}' is not loaded yet; retry, or use "
                                         "mode 'auto'")
             return None, "model_unavailable"
-        built_with = self.store.get_meta("backend")  # None: vectors made elsewhere, or older
-        if built_with is not None and not interchangeable(built_with, encoder.backend):
+        built_with = self._snapshot_fact(view, f"mismatch:{encoder.space}",
+                                         lambda: mismatch(self.store.get_meta, encoder.space))
+        if built_with is not None:
             if mode == "dense":
                 raise SearchConflict(
                     f"collection '{name}' was embedded with backend '{built_with}', whose vectors "
-                    f"differ from those of this server's backend '{encoder.backend}'; serve with "
+                    f"are not interchangeable with those of this server's backend "
+                    f"'{encoder.backend}' for this model; serve with "
                     f"--backend {built_with} or rebuild with `embedsvc index build {name} "
                     f"--backend {encoder.backend}`")
             return None, "backend_mismatch"
         return encoder, None
 
-    def _has_text(self) -> bool:
+    def _has_text(self, view: live.LiveView) -> bool:
         """Whether lexical search has anything to search (not a collection of bare vectors)."""
-        return self.store.conn.execute("SELECT 1 FROM documents_fts_docsize LIMIT 1").fetchone() \
-            is not None
+        return self._snapshot_fact(view, "has_text", lambda: self.store.conn.execute(
+            "SELECT 1 FROM documents_fts_docsize LIMIT 1").fetchone() is not None)
+
+    @staticmethod
+    def _snapshot_fact(view: live.LiveView, name: str, read: Callable[[], Any]) -> Any:
+        """``read()`` once per snapshot: what it reads changes only with a write or a new
+        version, and either makes a new view."""
+        if name not in view.cache:
+            view.cache[name] = read()
+        return view.cache[name]
 
     def _lexical(self, query: str, k: int, where: CompiledFilter | None) -> list[Ranked]:
         return [(d, s, None) for d, s in search_lexical(self.store, query, k, where)]
@@ -338,7 +348,10 @@ class Searcher:
         """
         only = self._restriction(view, where)
         per_doc = view.index.passages_per_document() if view.index is not None else 1.0
-        depth = max(1, min(only.candidates, int(np.ceil(k * per_doc * 2))))
+        # twice the passages k documents have on average, as some have more; a collection of
+        # one passage a document needs k (the loop below widens if some have none)
+        spare = 2 if per_doc > 1 else 1
+        depth = max(1, min(only.candidates, int(np.ceil(k * per_doc * spare))))
         while True:
             scores, ids = self._passages(view, vectors, depth, only)
             ranked = [best_passage_per_document(s, i, k) for s, i in zip(scores, ids, strict=True)]
@@ -350,14 +363,17 @@ class Searcher:
                   only: _Restriction) -> tuple[np.ndarray, np.ndarray]:
         """Top ``depth`` passages (scores, vector ids) of index and fresh segment, merged."""
         parts = []
-        if view.index is not None and not (only.index is not None and only.index.include
-                                           and not len(only.index.ids)):
+        in_index = view.index is not None and not (only.index is not None and only.index.include
+                                                   and not len(only.index.ids))
+        if in_index:
             parts.append(self._checked(view.index, view.index.search(
                 vectors, min(depth, view.index.count), only.index)))
         if len(view.fresh):
             parts.append(view.fresh.search(vectors, depth, only.fresh))
         if not parts:
             return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
+        if len(parts) == 1 and in_index:
+            return parts[0]  # the index's shards, merged already
         return merge_top(np.concatenate([p[0] for p in parts], axis=1),
                          np.concatenate([p[1] for p in parts], axis=1), depth)
 
@@ -430,13 +446,13 @@ def best_passage_per_document(scores: np.ndarray, ids: np.ndarray, k: int) -> li
     """Collapse a passage ranking (best first) to documents, keeping each one's best passage."""
     seen: set[int] = set()
     ranked: list[Ranked] = []
-    for score, vid in zip(scores, ids, strict=True):
+    for score, vid in zip(scores.tolist(), ids.tolist(), strict=True):  # Python numbers: faster
         if vid < 0:
             continue
         doc = split_id(int(vid))[0]
         if doc not in seen:
             seen.add(doc)
-            ranked.append((doc, float(score), int(vid)))
+            ranked.append((doc, score, vid))
             if len(ranked) == k:
                 break
     return ranked
