@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.logging import RichHandler
 from rich.table import Table
 
@@ -60,7 +61,11 @@ def main(
 ) -> None:
     global _debug
     _debug = debug
-    settings = use_settings(Settings(**({"home": home} if home else {})))
+    try:
+        settings = use_settings(Settings(**({"home": home} if home else {})))
+    except ValidationError as exc:  # a setting from the environment the user can fix
+        raise fail("; ".join(f"EMBEDSVC_{'_'.join(map(str, e['loc'])).upper()}="
+                             f"{e['input']!r}: {e['msg']}" for e in exc.errors())) from exc
     level = "DEBUG" if verbose else settings.log_level
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=err_console, show_path=False)])

@@ -105,11 +105,10 @@ def _tokenizer_record(model: Any, spec: ModelSpec) -> dict[str, str | None]:
         relative = path.resolve().relative_to(spec.path.resolve())
         if agrees(model.tokenizer, FileTokenizer(path, model.tokenizer.pad_token_id or 0)):
             return {"tokenizer_file": str(relative), "tokenizer_sha256": sha256_file(path)}
+        why = "its tokenizer.json disagrees with transformers on the probes"
     except Exception as exc:  # noqa: BLE001 - whatever fails, transformers tokenises
-        log.info("%s: tokenising with transformers (%s)", spec.model_id, exc)
-        return {"tokenizer_file": None, "tokenizer_sha256": None}
-    log.info("%s: its tokenizer.json disagrees with transformers on the probes; tokenising "
-             "with transformers", spec.model_id)
+        why = str(exc)
+    log.info("%s: tokenising with transformers (%s)", spec.model_id, why)
     return {"tokenizer_file": None, "tokenizer_sha256": None}
 
 

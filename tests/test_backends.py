@@ -190,3 +190,15 @@ def test_a_server_refuses_vectors_it_cannot_match(tmp_path: Path, bundled_model:
         wait_for(lambda: client.readyz().status == "ready")
         answer = client.search("int8", query, k=3, mode="dense")
         assert answer.mode == "dense" and len(answer.hits) == 3
+
+
+def test_an_unknown_backend_is_refused_with_the_choices(tmp_path: Path) -> None:
+    runner = CliRunner()
+    flag = runner.invoke(app, ["--home", str(tmp_path), "index", "build", "c", "--input",
+                               str(tmp_path), "--backend", "fp8"])
+    assert flag.exit_code == 2 and "onnx-int8" in flag.output
+    env = runner.invoke(app, ["--home", str(tmp_path), "collections", "list"],
+                        env={"EMBEDSVC_BACKEND": "fp8"})
+    assert env.exit_code == 1
+    assert "EMBEDSVC_BACKEND='fp8'" in env.output and "onnx-int8" in env.output
+    assert "unexpected" not in env.output and not list(tmp_path.iterdir())  # nothing written
