@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,74 +11,35 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from embedsvc.cli_common import BackendOption, console, err_console, fail, settings_of, user_errors
+from embedsvc.cli_common import console, err_console, fail, settings_of, user_errors
+from embedsvc.options import typer_command
+from indexing.options import BuildOptions
 
 index_app = typer.Typer(help="Build and inspect a collection's indexes.", no_args_is_help=True)
 
 
-class OnErrorChoice(StrEnum):
-    skip = "skip"
-    fail = "fail"
-
-
-class LongTextsChoice(StrEnum):
-    split = "split"
-    truncate = "truncate"
-
-
-class ExecutorChoice(StrEnum):
-    local = "local"
-    process = "process"
-    ray = "ray"
+_BUILD_ARGS = [
+    inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+    inspect.Parameter("collection", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        str, typer.Argument(help="Collection name (created if missing).")]),
+    inspect.Parameter("input", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Path | None, typer.Option("--input", "-i", help="JSONL[.gz], CSV, Parquet, BEIR dir.")]),
+]
 
 
 @index_app.command("build")
-def index_build(
-    ctx: typer.Context,
-    collection: Annotated[str, typer.Argument(help="Collection name (created if missing).")],
-    input: Annotated[Path | None, typer.Option("--input", "-i", help="JSONL[.gz], CSV, Parquet, BEIR dir.")] = None,
-    vectors: Annotated[Path | None, typer.Option(help="Embeddings made elsewhere: .npy (+ ids) or Parquet.")] = None,
-    ids: Annotated[Path | None, typer.Option(help="Ids of a .npy --vectors file, one a line.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name or folder (default: EMBEDSVC_DEFAULT_MODEL).")] = None,
-    lexical_only: Annotated[bool, typer.Option("--lexical-only", help="BM25 only; no model.")] = False,
-    on_error: Annotated[OnErrorChoice, typer.Option(help="Bad input lines: skip or stop.")] = OnErrorChoice.fail,
-    chunk_size: Annotated[int | None, typer.Option(min=1, help="Documents per chunk.")] = None,
-    long_texts: Annotated[LongTextsChoice, typer.Option(
-        help="split: passages cover long texts; truncate: embed the first window only.")
-    ] = LongTextsChoice.split,
-    executor: Annotated[ExecutorChoice, typer.Option(help="Where chunks are embedded.")] = ExecutorChoice.local,
-    workers: Annotated[int, typer.Option(min=1, help="Workers of the process/ray executor.")] = 2,
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: local Ray).")] = None,
-    index: Annotated[str, typer.Option(help="auto|flat|hnsw|ivf|ivfsq|ivfpq or a FAISS factory string.")] = "auto",
-    memory_budget: Annotated[str | None, typer.Option(help="Most memory the index may take, e.g. 4GB.")] = None,
-    target_recall: Annotated[float, typer.Option(min=0.1, max=1.0, help="recall@10 to tune for.")] = 0.95,
-    shards: Annotated[int | None, typer.Option(min=1, help="Split the index into this many shards.")] = None,
-    keep_versions: Annotated[int, typer.Option(min=1, help="Index versions to keep on disk.")] = 2,
-    backend: BackendOption = None,
-) -> None:
+@typer_command(BuildOptions, leading=_BUILD_ARGS)
+def index_build(options: BuildOptions, ctx: typer.Context, collection: str, input: Path | None) -> None:
     """Read the input as a stream of chunks, store and embed each, and build an index version."""
-    from indexing.foreach import make_executor
-    from indexing.job import BuildJob, BuildOptions
-    from indexing.layouts import parse_bytes
+    from indexing.job import BuildJob
 
     settings = settings_of(ctx)
     with user_errors():
-        options = BuildOptions(
-            model=model, lexical_only=lexical_only, on_error=on_error.value, chunk_size=chunk_size,
-            index=index, memory_budget=parse_bytes(memory_budget) if memory_budget else None,
-            target_recall=target_recall, shards=shards, keep_versions=keep_versions,
-            vectors=vectors, ids=ids, long_texts=long_texts.value,
-            backend=backend.value if backend else None,
-        )
-        runner = make_executor(executor.value, workers, ray_address)
-        try:
-            job = BuildJob(settings, collection, input, options, executor=runner)
-            with _progress() as progress:
-                task = progress.add_task(f"indexing {collection}", total=job.expected_items)
-                job.progress = lambda n: progress.advance(task, n)
-                report = job.run()
-        finally:
-            runner.close()
+        job = BuildJob(settings, collection, input, options)
+        with _progress() as progress:
+            task = progress.add_task(f"indexing {collection}", total=job.expected_items)
+            job.progress = lambda n: progress.advance(task, n)
+            report = job.run()
     _print_build(report)
 
 

@@ -19,10 +19,10 @@ pipeline_app = typer.Typer(help="Run a DAG of stages: ingest, train, evaluate, i
 def _pipeline_runner(settings: Settings, path: Path) -> Any:
     from embedsvc.pipeline.config import PipelineError, load
     from embedsvc.pipeline.runner import Runner
-    from embedsvc.pipeline.stages import KINDS
+    from embedsvc.pipeline.stages import KINDS, PARAMS
 
     try:
-        return Runner(load(path, set(KINDS)), KINDS, settings)
+        return Runner(load(path, PARAMS), KINDS, settings)
     except PipelineError as exc:
         raise fail(str(exc)) from exc
 

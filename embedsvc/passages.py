@@ -13,16 +13,16 @@ being served stays valid while a new build rewrites the passages.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from embedsvc.store import MAX_PASSAGES
+from indexing.options import LongTexts  # split | truncate: an option of every build
 
 DEFAULT_OVERLAP = 32
 # split: overlapping passages cover the whole text; truncate: only the model's first window
 # is embedded (the protocol of MTEB / BEIR leaderboards, to compare with them)
-LongTexts = Literal["split", "truncate"]
 
 
 def windows(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:

@@ -18,11 +18,12 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,12 +31,13 @@ from embedsvc import __version__
 from embedsvc.collection import exclusive, open_store, read_manifest
 from embedsvc.encoders import embedding_dimension, load_encoder, load_settings_encoder, resolve_model
 from embedsvc.files import sha256_file, short_hash
-from embedsvc.passages import LongTexts, embed_passages
+from embedsvc.passages import embed_passages
 from embedsvc.search.dense import damaged_shards
-from embedsvc.settings import Backend, Settings
+from embedsvc.settings import Settings
 from embedsvc.store import SERVED, STAGED, NewDocument, Tables, document_text, passage_id
 from indexing.chunkfiles import ChunkFile, VectorChunk, verify_chunk, write_chunk
 from indexing.errors import BuildError
+from indexing.options import BuildOptions, LongTexts
 from indexing.sources import (
     Chunk,
     InputIssue,
@@ -68,28 +70,9 @@ log = logging.getLogger(__name__)
 # Bump when the chunk files' meaning changes, so old ones are never reused.
 # 3: passages embedded from the splitter's token ids, batched by token count.
 CHUNK_FORMAT = 3
-OnError = Literal["skip", "fail"]
 # Rows per chunk for --vectors when no --chunk-size is given: nothing to embed, so chunks
 # are sized for few SQLite transactions and FAISS calls (about 48 MB of 384-d floats).
 VECTOR_CHUNK_ROWS = 32_768
-
-
-@dataclass
-class BuildOptions:
-    model: str | None = None  # None: the settings' default model
-    lexical_only: bool = False
-    on_error: OnError = "fail"
-    chunk_size: int | None = None
-    index: str = "auto"
-    memory_budget: int | None = None
-    target_recall: float = 0.95
-    shards: int | None = None
-    keep_versions: int = 2
-    switch: bool = True  # False: write the version but keep serving the current one
-    long_texts: LongTexts = "split"
-    vectors: Path | None = None  # build from these embeddings instead of the text input
-    ids: Path | None = None  # ids file of a .npy vectors file
-    backend: Backend | None = None  # None: the settings' backend
 
 
 @dataclass
@@ -166,11 +149,7 @@ class BuildJob:
                                             durable=False)
         default_chunk = VECTOR_CHUNK_ROWS if options.vectors is not None else settings.chunk_size
         self.chunk_size = options.chunk_size or default_chunk
-        if executor is None:
-            from indexing.foreach.local import LocalExecutor
-
-            executor = LocalExecutor()
-        self.executor = executor
+        self.executor = executor  # None: the options' executor, made and closed by run()
         self.tables: Tables = SERVED  # STAGED once a collection is served: see run()
         self.vectors_sha: str | None = None  # of a --vectors .npy, once hashed
         model = options.model or self.store.get_meta("model_id") or settings.default_model
@@ -318,13 +297,30 @@ class BuildJob:
             return []
         embed = ChunkEmbedder.of(self.model_name, self.settings, self.options.long_texts,
                                  self.backend)
-        for done_chunk in self.executor.map(embed, tasks()):
-            task = done_chunk.task
-            ids = self.store.replace_passages(task.rowids, done_chunk.spans, build_id, self.tables)
-            checksum = write_chunk(chunk_dir, task.number, ids, done_chunk.vectors)
-            self.store.record_chunk(build_id, task.number, checksum, len(task.rowids))
-            self.progress(len(task.rowids))
+        with self._executor() as executor:
+            for done_chunk in executor.map(embed, tasks()):
+                task = done_chunk.task
+                ids = self.store.replace_passages(task.rowids, done_chunk.spans, build_id,
+                                                  self.tables)
+                checksum = write_chunk(chunk_dir, task.number, ids, done_chunk.vectors)
+                self.store.record_chunk(build_id, task.number, checksum, len(task.rowids))
+                self.progress(len(task.rowids))
         return [f for f in files if f.exists()]  # a chunk of skipped lines writes no file
+
+    @contextmanager
+    def _executor(self) -> Iterator[Any]:
+        """The executor the job was given, or the options' one, made here and closed after."""
+        if self.executor is not None:
+            yield self.executor
+            return
+        from indexing.foreach import make_executor
+
+        o = self.options
+        executor = make_executor(o.executor, o.workers, o.ray_address)
+        try:
+            yield executor
+        finally:
+            executor.close()
 
     def _identify(self) -> tuple[str, CheckedVectors | None]:
         """The build id, and a ``.npy`` vectors input checked while its bytes are hashed.

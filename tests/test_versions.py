@@ -131,11 +131,12 @@ def test_layout_choices_and_refusals(settings: Settings, tmp_path: Path,
     assert ok.exit_code == 0, ok.output
     info = cli(settings, "index", "info", "h")
     assert "HNSW" in info.stdout and "recall_at_10" in info.stdout
-    for args, message in ((["--index", "IVF8,Bogus"], "IVF8,Bogus"),
-                          (["--memory-budget", "10KB"], "--memory-budget"),
-                          (["--memory-budget", "lots"], "lots")):
+    # a value the options model refuses is a usage error (2); a layout that cannot be built, 1
+    for args, message, code in ((["--index", "IVF8,Bogus"], "IVF8,Bogus", 1),
+                                (["--memory-budget", "10KB"], "--memory-budget", 1),
+                                (["--memory-budget", "lots"], "lots", 2)):
         refused = cli(settings, "index", "build", "h", "--input", str(corpus), *args)
-        assert refused.exit_code == 1 and message in refused.output, refused.output
+        assert refused.exit_code == code and message in refused.output, refused.output
     _, store = open_store(settings.collections_dir, "h")
     assert store.get_meta("current_version") == 1
     assert cli(settings, "index", "check", "h").exit_code == 0

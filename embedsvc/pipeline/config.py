@@ -23,11 +23,20 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
+from embedsvc.options import OptionsError, from_flat
+
+# Stage kind → the model its table is checked against (None: any keys).
+Kinds = Mapping[str, type[BaseModel] | None]
+
+M = TypeVar("M", bound=BaseModel)
 _REF = re.compile(r"\$\{([A-Za-z0-9_-]+)\.([A-Za-z0-9_]+)\}")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -89,8 +98,12 @@ def _output(outputs: dict[str, dict[str, Any]], stage: str, key: str) -> Any:
     return outputs[stage][key]
 
 
-def parse(data: dict[str, Any], known_kinds: set[str], source: Path | None = None) -> Pipeline:
+def parse(data: dict[str, Any], kinds: Kinds | Collection[str], source: Path | None = None) -> Pipeline:
+    """The checked pipeline: stage kinds, their tables (keys and the values known before the
+    run, against each kind's model), dependencies and order."""
     where = str(source or "pipeline")
+    if not isinstance(kinds, Mapping):
+        kinds = dict.fromkeys(kinds)
     name = data.get("name") or (source.stem if source else "pipeline")
     if not _NAME.fullmatch(str(name)):
         raise PipelineError(f"{where}: name {name!r} must be letters, digits, '_' or '-'")
@@ -100,13 +113,13 @@ def parse(data: dict[str, Any], known_kinds: set[str], source: Path | None = Non
     default_retries = int(data.get("retries", 0))
     stages = {}
     for stage_name, table in raw.items():
-        stages[stage_name] = _stage(where, stage_name, table, known_kinds, default_retries)
+        stages[stage_name] = _stage(where, stage_name, table, kinds, default_retries)
     pipeline = Pipeline(str(name), stages, max(1, int(data.get("max_parallel", 1))), source)
     pipeline.order = _order(where, pipeline)
     return pipeline
 
 
-def _stage(where: str, name: str, table: Any, known: set[str], retries: int) -> Stage:
+def _stage(where: str, name: str, table: Any, known: Kinds, retries: int) -> Stage:
     if not _NAME.fullmatch(name):
         raise PipelineError(f"{where}: stage name {name!r} must be letters, digits, '_' or '-'")
     if not isinstance(table, dict):
@@ -119,7 +132,33 @@ def _stage(where: str, name: str, table: Any, known: set[str], retries: int) -> 
     after = table.pop("after", [])
     if isinstance(after, str):
         after = [after]
-    return Stage(name, kind, list(after), table, int(table.pop("retries", retries)))
+    stage_retries = int(table.pop("retries", retries))
+    model = known[kind]
+    if model is not None:
+        _check_table(where, name, kind, model, table)
+    return Stage(name, kind, list(after), table, stage_retries)
+
+
+def _check_table(where: str, name: str, kind: str, model: type[BaseModel], table: dict[str, Any]) -> None:
+    """Refuse unknown keys and bad values now; a ``${stage.key}`` value is checked when the
+    run fills it in (see :func:`stage_params`)."""
+    later = {key for key, value in table.items() if references(value)}
+    try:
+        from_flat(model, table)
+    except OptionsError as exc:
+        problems = [(key, what) for key, what in exc.problems
+                    if key not in later or what.startswith("unknown option")]
+        if problems:
+            raise PipelineError(f"{where}: stage '{name}' ({kind}): " + "; ".join(
+                f"{key}: {what}" for key, what in problems)) from exc
+
+
+def stage_params(stage: str, model: type[M], params: dict[str, Any]) -> M:
+    """A stage's resolved table as its model; a bad value names the stage and the key."""
+    try:
+        return from_flat(model, params)
+    except OptionsError as exc:
+        raise PipelineError(f"stage '{stage}': {exc}") from exc
 
 
 def _order(where: str, pipeline: Pipeline) -> list[str]:
@@ -136,11 +175,11 @@ def _order(where: str, pipeline: Pipeline) -> list[str]:
         raise PipelineError(f"{where}: the stages form a cycle: {cycle}") from exc
 
 
-def load(path: Path, known_kinds: set[str]) -> Pipeline:
+def load(path: Path, kinds: Kinds | Collection[str]) -> Pipeline:
     if not path.is_file():
         raise PipelineError(f"{path} does not exist")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PipelineError(f"{path}: not valid TOML ({exc})") from exc
-    return parse(data, known_kinds, path)
+    return parse(data, kinds, path)
