@@ -6,10 +6,14 @@ in-batch negatives gathered across ranks, registry, evaluation) on SciFact and p
 the same run, the test-split nDCG@10 (and MRR@10, MAP@100, Recall@100) of the base model and
 of the fine-tuned one, with exact search, plus wall times. ``--mine-negatives K`` adds a
 second job trained with K hard negatives per pair mined with the base model.
+``--strategies ddp,ps`` trains one model per strategy on the same data and step budget
+(``ps``: a parameter server with ``--workers`` Ray workers and ``--staleness``; ``fsdp``:
+sharded ranks), so their nDCG@10 and wall times sit side by side.
 
 Usage::
 
     .venv/bin/python benchmarks/finetune.py --nproc 2 [--mine-negatives 1] [--out r.json]
+    .venv/bin/python benchmarks/finetune.py --strategies ddp,ps --max-steps 56 --out r.json
 """
 
 from __future__ import annotations
@@ -42,11 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=256)
     p.add_argument("--mine-negatives", type=int, default=0, help="also train with K mined")
     p.add_argument("--restart", action="store_true", help="ignore checkpoints of a rerun")
+    p.add_argument("--strategies", default="ddp", help="comma list of ddp, fsdp, ps")
+    p.add_argument("--workers", type=int, default=2, help="workers of the ps strategy")
+    p.add_argument("--staleness", type=int, default=1, help="staleness bound of the ps strategy")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     return p.parse_args(argv)
 
 
-def run_job(args: argparse.Namespace, name: str, mine: int) -> dict:
+def run_job(args: argparse.Namespace, name: str, mine: int, strategy: str = "ddp") -> dict:
     """Train, evaluate and register one model; return its figures."""
     from embedsvc.settings import Settings
     from training.launch import LaunchSpec, TrainJob, TrainOptions, run_training_job
@@ -59,6 +66,9 @@ def run_job(args: argparse.Namespace, name: str, mine: int) -> dict:
         lr=args.lr,
         max_seq_length=args.max_seq_length,
         save_steps=50,
+        strategy=strategy,
+        workers=args.workers,
+        staleness=args.staleness,
     )
     job = TrainJob(
         data=args.data,
@@ -68,16 +78,17 @@ def run_job(args: argparse.Namespace, name: str, mine: int) -> dict:
         eval_split="test",
         mine_negatives=mine,
         options=options,
-        launch=LaunchSpec(nproc=args.nproc, device="cpu"),
+        launch=LaunchSpec(nproc=1 if strategy == "ps" else args.nproc, device="cpu"),
         restart=args.restart,
     )
     started = time.perf_counter()
-    outcome = run_training_job(job, settings.models_dir, settings.home)
+    outcome = run_training_job(job, settings)
     wall = time.perf_counter() - started
     card = outcome.version.card
     return {
         "model": outcome.version.ref,
         "mined_negatives": mine,
+        "strategy": strategy,
         "job_wall_seconds": round(wall, 1),
         "train_seconds": round(card["train"]["seconds"], 1),
         "steps": card["train"]["global_step"],
@@ -107,7 +118,7 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     )
     for r in results:
         m = r["metrics"]
-        label = f"{r['model']} ({r['mined_negatives']} mined neg.)"
+        label = f"{r['model']} ({r['strategy']}, {r['mined_negatives']} mined neg.)"
         table.add_row(
             label,
             f"{m['nDCG@10']:.4f}",
@@ -127,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     # The base model is scored in this run, not taken from an earlier run's cache.
     shutil.rmtree(args.home / "training" / "eval-cache", ignore_errors=True)
-    results = [run_job(args, "scifact-bench", 0)]
+    strategies = args.strategies.split(",")
+    results = [run_job(args, f"scifact-bench-{s}" if s != "ddp" else "scifact-bench", 0, s)
+               for s in strategies]
     if args.mine_negatives:
         results.append(run_job(args, "scifact-bench-hn", args.mine_negatives))
     report(results, args)

@@ -119,7 +119,7 @@ def test_bad_pipeline_files(tmp_path: Path, text: str, message: str) -> None:
 
 def test_cli_refuses_a_bad_file_before_any_work(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "PIPELINE.toml"
-    path.write_text('[stages.a]\nkind = "deploy"\nafter = ["a"]\n')
+    path.write_text('[stages.a]\nkind = "deploy"\nafter = ["a"]\ncollection = "c"\nversion = 1\nbeir = "b"\n')
     result = runner.invoke(app, ["--home", str(settings.home), "pipeline", "run", str(path)])
     assert result.exit_code == 1 and "cycle" in result.output
     assert not (settings.home / "pipelines").exists()

@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from embedsvc.options import to_argv
 from training.launch import LaunchError, LaunchSpec, TrainOptions, check_launch, torchrun_command
 from training.negatives import mine_hard_negatives
 from training.pairs import (
@@ -25,7 +27,7 @@ from training.pairs import (
     write_pairs_jsonl,
 )
 from training.registry import RegistryError, check_name
-from training.train import TrainError, check_strategy, last_checkpoint, trim_loss_log
+from training.train import last_checkpoint, trim_loss_log
 
 
 def write_beir(folder: Path, qrels: list[tuple[str, str, int]]) -> Path:
@@ -173,8 +175,8 @@ def test_launch_shape_checks() -> None:
         check_launch(LaunchSpec(nproc=1, nnodes=2, device="cpu"))
     with pytest.raises(LaunchError, match="does not split evenly over 2 processes"):
         check_launch(LaunchSpec(nproc=1, nnodes=2, rdzv_endpoint="h:1", device="cpu"), 33)
-    with pytest.raises(LaunchError, match="at least 1"):
-        check_launch(LaunchSpec(nproc=0, device="cpu"))
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        LaunchSpec(nproc=0, device="cpu")
 
 
 def test_torchrun_command_single_and_multi_node() -> None:
@@ -192,21 +194,24 @@ def test_torchrun_command_single_and_multi_node() -> None:
 
 
 def test_train_options_become_entry_point_arguments() -> None:
-    from training.train import build_parser
+    from training.train import parse_args
 
     options = TrainOptions(batch_size=64, lr=3e-5, max_seq_length=128, gather=False)
-    parsed = build_parser().parse_args(
-        ["--data", "d", "--base-model", "m", "--output-dir", "o", *options.to_argv()]
-    )
+    parsed = parse_args(["--data", "d", "--base-model", "m", "--output-dir", "o", *to_argv(options)])
     assert (parsed.batch_size, parsed.lr, parsed.max_seq_length) == (64, 3e-5, 128)
-    assert parsed.no_gather and parsed.strategy == "ddp"
+    assert parsed.gather is False and parsed.strategy == "ddp"
+    # what a rank does with no option given is exactly the model's default recipe
+    bare = parse_args(["--data", "d", "--base-model", "m", "--output-dir", "o"])
+    assert {k: getattr(bare, k) for k in TrainOptions.model_fields} == TrainOptions().model_dump()
 
 
-def test_fsdp_is_refused_on_cpu_with_a_pointer_to_the_gpu_script() -> None:
-    check_strategy("ddp", use_cuda=False)
-    check_strategy("fsdp", use_cuda=True)
-    with pytest.raises(TrainError, match="benchmarks/fsdp_gpu.py"):
-        check_strategy("fsdp", use_cuda=False)
+def test_a_rank_refuses_a_bad_recipe_value_naming_the_option(capsys: pytest.CaptureFixture) -> None:
+    from training.train import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--data", "d", "--base-model", "m", "--output-dir", "o", "--lr", "fast"])
+    assert exit_info.value.code == 2
+    assert "--lr: Input should be a valid number" in capsys.readouterr().err
 
 
 def test_last_checkpoint_skips_incomplete_folders(tmp_path: Path) -> None:
@@ -224,7 +229,8 @@ def test_last_checkpoint_skips_incomplete_folders(tmp_path: Path) -> None:
 
 def test_loss_log_is_trimmed_to_the_resumed_step(tmp_path: Path) -> None:
     rows = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3, 4)]
-    (tmp_path / "loss.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "loss.jsonl").write_text(text[:-9])  # the last line cut short by a kill
     trim_loss_log(tmp_path, 2)
     kept = [json.loads(x)["step"] for x in (tmp_path / "loss.jsonl").read_text().splitlines()]
     assert kept == [1, 2]

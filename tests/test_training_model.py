@@ -271,8 +271,8 @@ def test_cli_refuses_bad_input_before_any_work(
     assert unknown.exit_code == 1
     assert "corpus id 'missing-doc' is not in corpus.jsonl" in unknown.output
 
-    fsdp = invoke(cli_home, [*base, "--strategy", "fsdp"])
-    assert fsdp.exit_code == 1 and "needs CUDA" in fsdp.output
+    ps = invoke(cli_home, [*base, "--strategy", "ps", "--nproc", "2"])
+    assert ps.exit_code == 1 and "leave --nproc and --nnodes at 1" in ps.output
 
     bad = invoke(cli_home, [*base[:2], "--base-model", str(tmp_path / "nowhere")])
     assert bad.exit_code == 1 and "unknown model" in bad.output

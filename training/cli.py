@@ -1,14 +1,15 @@
 """The training commands of the embedsvc CLI: ``train`` and ``models list|show|promote``.
 
-This module is imported whenever the CLI starts, so it imports only typer, rich and the
-CLI's shared console at the top; torch, sentence-transformers and the training code are
-imported inside the command bodies, and ``embedsvc --help`` stays fast.
+This module is imported whenever the CLI starts, so it imports only typer, rich, the CLI's
+shared console and the job's options model (pydantic) at the top; torch,
+sentence-transformers and the training code are imported inside the command bodies, and
+``embedsvc --help`` stays fast. ``train``'s options are :class:`training.options.TrainJob`'s
+fields (see :mod:`embedsvc.options`).
 ``embedsvc/cli.py`` mounts it; ``embedsvc eval --model`` evaluates a model alone.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,6 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from embedsvc.cli_common import console, fail
+from embedsvc.options import typer_command
+from training.options import TrainJob
 
 models_app = typer.Typer(help="List, inspect and promote trained model versions.")
 
@@ -36,73 +39,18 @@ def _metrics_table(title: str, rows: list[tuple[str, dict[str, float] | None]]) 
     return table
 
 
-def train_command(
-    data: Annotated[Path, typer.Argument(help="BEIR folder (train qrels) or JSONL of pairs")],
-    name: Annotated[str, typer.Option(help="registry name of the trained model")] = "finetuned",
-    base_model: Annotated[
-        str | None, typer.Option(help="model to start from (default: the default model)")
-    ] = None,
-    split: Annotated[str, typer.Option(help="qrels split to train on")] = "train",
-    eval_data: Annotated[
-        Path | None, typer.Option(help="BEIR folder to evaluate on (default: DATA if BEIR)")
-    ] = None,
-    eval_split: Annotated[str, typer.Option(help="qrels split to evaluate on")] = "test",
-    no_eval: Annotated[bool, typer.Option("--no-eval", help="skip evaluation")] = False,
-    nproc: Annotated[int, typer.Option(help="processes on this node (torchrun)")] = 1,
-    nnodes: Annotated[int, typer.Option(help="machines taking part")] = 1,
-    rdzv_endpoint: Annotated[
-        str | None, typer.Option(help="host:port of the rendezvous (multi-node)")
-    ] = None,
-    rdzv_id: Annotated[str, typer.Option(help="job id shared by the nodes")] = "embedsvc-train",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    strategy: Annotated[str, typer.Option(help="ddp, or fsdp (GPU only)")] = "ddp",
-    epochs: Annotated[float, typer.Option(help="passes over the pairs")] = 3.0,
-    max_steps: Annotated[int, typer.Option(help="stop after this many steps (>0)")] = -1,
-    batch_size: Annotated[int, typer.Option(help="global batch (split over ranks)")] = 32,
-    lr: Annotated[float, typer.Option(help="peak learning rate")] = 3e-5,
-    warmup: Annotated[float, typer.Option(help="warm-up: fraction (<1) or steps")] = 0.1,
-    max_seq_length: Annotated[int, typer.Option(help="tokens per text")] = 256,
-    seed: Annotated[int, typer.Option(help="seed of the shuffling and initialisation")] = 42,
-    save_steps: Annotated[int, typer.Option(help="checkpoint every N steps")] = 100,
-    logging_steps: Annotated[int, typer.Option(help="loss log every N steps")] = 10,
-    mine_negatives: Annotated[
-        int, typer.Option(help="hard negatives mined per pair with the base model")
-    ] = 0,
-    mine_skip_top: Annotated[int, typer.Option(help="top ranks skipped when mining")] = 0,
-    mine_corpus: Annotated[
-        Path | None, typer.Option(help="BEIR folder searched for negatives (default: DATA)")
-    ] = None,
-    run_dir: Annotated[
-        Path | None, typer.Option(help="run folder (default: fingerprinted)")
-    ] = None,
-    restart: Annotated[bool, typer.Option("--restart", help="ignore old checkpoints")] = False,
-) -> None:
+@typer_command(TrainJob)
+def train_command(job: TrainJob) -> None:
     """Fine-tune a model on pairs under torchrun, evaluate it and register it as a version."""
     from embedsvc.encoders import ModelError
     from embedsvc.settings import get_settings
-    from training.launch import LaunchError, LaunchSpec, TrainJob, TrainOptions, run_training_job
+    from training.launch import LaunchError, run_training_job
     from training.pairs import PairsError
     from training.registry import RegistryError
     from training.train import TrainError
 
-    settings = get_settings()
-    if eval_data is None and not no_eval and (data / "qrels" / f"{eval_split}.tsv").is_file():
-        eval_data = data
-    job = TrainJob(
-        data=data, name=name, base_model=base_model or settings.default_model, split=split,
-        eval_data=None if no_eval else eval_data, eval_split=eval_split,
-        mine_negatives=mine_negatives, mine_skip_top=mine_skip_top, mine_corpus=mine_corpus,
-        options=TrainOptions(
-            strategy=strategy, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
-            warmup=warmup, max_seq_length=max_seq_length, seed=seed, save_steps=save_steps,
-            logging_steps=logging_steps,
-        ),
-        launch=LaunchSpec(nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
-                          rdzv_id=rdzv_id, device=device),
-        run_dir=run_dir, restart=restart,
-    )  # fmt: skip
     try:
-        outcome = run_training_job(job, settings.models_dir, settings.home)
+        outcome = run_training_job(job, get_settings())
     except (LaunchError, PairsError, RegistryError, TrainError, ModelError) as exc:
         raise fail(str(exc)) from exc
     if outcome.version is None:
@@ -111,7 +59,7 @@ def train_command(
     _say(f"registered {outcome.version.ref} in {outcome.version.path}")
     if outcome.metrics:
         rows = [("base", outcome.base_metrics), (outcome.version.ref, outcome.metrics)]
-        console.print(_metrics_table(f"{eval_data} ({eval_split})", rows))
+        console.print(_metrics_table(f"{job.eval_folder()} ({job.eval_split})", rows))
 
 
 @models_app.command("list")

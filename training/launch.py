@@ -19,19 +19,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from embedsvc.encoders import (
-    DEFAULT_MODEL,
     ModelError,
     ModelSpec,
     load_sentence_transformer,
     resolve_model,
 )
 from embedsvc.files import short_hash, write_json
+from embedsvc.options import to_argv
+from embedsvc.settings import Settings
+from training.options import LaunchSpec, TrainJob, TrainOptions
 from training.pairs import Pair, fingerprint_pairs, write_pairs_jsonl
+
+__all__ = ["LaunchSpec", "TrainJob", "TrainOptions"]  # defined in training.options
 
 log = logging.getLogger(__name__)
 
@@ -42,68 +46,6 @@ REGISTERED = "registered.json"
 
 class LaunchError(RuntimeError):
     """The job cannot be launched as asked; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    """How many processes torchrun starts, and where they meet.
-
-    Args:
-        nproc: processes on this node (one per GPU, or per core on CPU).
-        nnodes: machines taking part; each runs the same command.
-        rdzv_endpoint: ``host:port`` of the rendezvous, needed when ``nnodes > 1``.
-        rdzv_id: job id shared by the nodes of one job.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-    """
-
-    nproc: int = 1
-    nnodes: int = 1
-    rdzv_endpoint: str | None = None
-    rdzv_id: str = "embedsvc-train"
-    device: str = "auto"
-
-
-@dataclass
-class TrainOptions:
-    """Hyper-parameters passed through to :mod:`training.train` (see its ``--help``).
-
-    The defaults are the recipe measured in ``benchmarks/finetune.py`` (SciFact, 2 ranks).
-    """
-
-    strategy: str = "ddp"
-    epochs: float = 3.0
-    max_steps: int = -1
-    batch_size: int = 32
-    lr: float = 3e-5
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    scale: float = 20.0
-    max_seq_length: int | None = 256
-    seed: int = 42
-    save_steps: int = 100
-    save_total_limit: int = 2
-    logging_steps: int = 10
-    bf16: bool = False
-    gather: bool = True
-
-    def to_argv(self) -> list[str]:
-        """The options as ``training.train`` command-line arguments."""
-        argv = [
-            "--strategy", self.strategy, "--epochs", str(self.epochs),
-            "--max-steps", str(self.max_steps), "--batch-size", str(self.batch_size),
-            "--lr", str(self.lr), "--warmup", str(self.warmup),
-            "--weight-decay", str(self.weight_decay), "--scale", str(self.scale),
-            "--seed", str(self.seed), "--save-steps", str(self.save_steps),
-            "--save-total-limit", str(self.save_total_limit),
-            "--logging-steps", str(self.logging_steps),
-        ]  # fmt: skip
-        if self.max_seq_length:
-            argv += ["--max-seq-length", str(self.max_seq_length)]
-        if self.bf16:
-            argv.append("--bf16")
-        if not self.gather:
-            argv.append("--no-gather")
-        return argv
 
 
 @dataclass
@@ -158,8 +100,6 @@ def check_launch(spec: LaunchSpec, batch_size: int | None = None) -> str:
             endpoint, or the batch does not divide over the ranks.
     """
     device = resolve_device(spec.device)
-    if spec.nproc < 1 or spec.nnodes < 1:
-        raise LaunchError("--nproc and --nnodes must be at least 1")
     slots = local_slots(device)
     if spec.nproc > slots:
         what = "GPUs" if device == "cuda" else "CPU cores (os.cpu_count())"
@@ -248,7 +188,7 @@ def check_base_model(name: str, models_dir: Path) -> ModelSpec:
 def run_fingerprint(data_fingerprint: str, base: ModelSpec, options: TrainOptions) -> str:
     """A short hash naming the run folder: same data, base and options, same folder."""
     return short_hash(
-        {"data": data_fingerprint, "base": base.weights_sha256, "options": asdict(options)}
+        {"data": data_fingerprint, "base": base.weights_sha256, "options": options.model_dump()}
     )
 
 
@@ -291,7 +231,7 @@ def prepare_run(
     job = {
         "base_model": {"id": base.model_id, "path": str(base.path), "sha256": base.weights_sha256},
         "data": {"fingerprint": fingerprint, "pairs": len(pairs), **prepared.data_info},
-        "options": asdict(options),
+        "options": options.model_dump(),
         "created": time.time(),
     }
     write_json(run_dir / JOB_FILE, job)
@@ -302,47 +242,11 @@ def train_argv(prepared: PreparedRun, restart: bool = False) -> list[str]:
     """The ``training.train`` arguments for a prepared run."""
     argv = [
         "--data", str(prepared.pairs_path), "--base-model", str(prepared.base.path),
-        "--output-dir", str(prepared.run_dir), *prepared.options.to_argv(),
+        "--output-dir", str(prepared.run_dir), *to_argv(prepared.options),
     ]  # fmt: skip
     if restart:
         argv.append("--no-resume")
     return argv
-
-
-@dataclass
-class TrainJob:
-    """Everything ``embedsvc train`` (or a pipeline stage) asks for.
-
-    Args:
-        data: a BEIR folder (its ``split`` qrels) or a JSONL file of pairs.
-        name: registry name the trained model is registered under.
-        base_model: model to start from (a name ``resolve_model`` accepts); the default
-            model when None.
-        split: qrels split to train on, for a BEIR folder.
-        eval_data: BEIR folder to evaluate on after training (None: skip evaluation).
-        eval_split: qrels split to evaluate on.
-        mine_negatives: hard negatives to mine per pair with the base model (0: none).
-        mine_skip_top: top ranks to skip when mining.
-        mine_corpus: BEIR folder whose corpus is searched when mining (default: ``data``).
-        options: training hyper-parameters.
-        launch: processes and rendezvous.
-        run_dir: run folder (default: fingerprinted under ``<home>/training/<name>``).
-        restart: ignore checkpoints of an earlier attempt.
-    """
-
-    data: Path
-    name: str = "finetuned"
-    base_model: str | None = None
-    split: str = "train"
-    eval_data: Path | None = None
-    eval_split: str = "test"
-    mine_negatives: int = 0
-    mine_skip_top: int = 0
-    mine_corpus: Path | None = None
-    options: TrainOptions = field(default_factory=TrainOptions)
-    launch: LaunchSpec = field(default_factory=LaunchSpec)
-    run_dir: Path | None = None
-    restart: bool = False
 
 
 @dataclass
@@ -363,18 +267,18 @@ def check_job(job: TrainJob) -> str:
     """
     from embedsvc.ir_metrics import load_qrels
     from training.registry import check_name
-    from training.train import check_strategy
 
     device = check_launch(job.launch, job.options.batch_size)
+    if job.options.strategy == "ps" and job.launch.nproc * job.launch.nnodes > 1:
+        raise LaunchError("--strategy ps runs its own workers (--workers N) on Ray: "
+                          "leave --nproc and --nnodes at 1")
     check_name(job.name)
-    check_strategy(job.options.strategy, device == "cuda")
-    if job.mine_negatives < 0:
-        raise LaunchError("--mine-negatives must be 0 or more")
     if job.mine_negatives and not (job.mine_corpus or job.data).is_dir():
         raise LaunchError("mining needs a corpus: train on a BEIR folder or give --mine-corpus")
-    if job.eval_data is not None:
+    eval_data = job.eval_folder()
+    if eval_data is not None:
         try:
-            load_qrels(job.eval_data, job.eval_split)
+            load_qrels(eval_data, job.eval_split)
         except FileNotFoundError as exc:
             raise LaunchError(str(exc)) from exc
     return device
@@ -393,8 +297,10 @@ def mine_for_job(job: TrainJob, pairs: list[Pair], model: Any) -> list[Pair]:
     )
 
 
-def prepare_job(job: TrainJob, models_dir: Path, runs_dir: Path) -> PreparedRun:
+def prepare_job(job: TrainJob, models_dir: Path, runs_dir: Path, default_model: str) -> PreparedRun:
     """Check everything, load (and mine) the pairs, and write the run folder.
+
+    ``default_model`` is the base when the job names none (``EMBEDSVC_DEFAULT_MODEL``).
 
     Raises:
         LaunchError, PairsError, RegistryError, TrainError: with what to change, before
@@ -403,7 +309,7 @@ def prepare_job(job: TrainJob, models_dir: Path, runs_dir: Path) -> PreparedRun:
     from training.pairs import load_pairs
 
     check_job(job)
-    base, model = load_base_model(job.base_model or DEFAULT_MODEL, models_dir,
+    base, model = load_base_model(job.base_model or default_model, models_dir,
                                   job.options.max_seq_length)
     pairs = load_pairs(job.data, job.split)
     if job.mine_negatives:
@@ -456,18 +362,19 @@ def register_run(
         },
         "data": {"fingerprint": prepared.data_fingerprint, "pairs": prepared.n_pairs,
                  **prepared.data_info},
-        "args": {**asdict(job.options), "nproc": job.launch.nproc, "nnodes": job.launch.nnodes},
+        "args": {**job.options.model_dump(), "nproc": job.launch.nproc, "nnodes": job.launch.nnodes},
         "train": {k: v for k, v in result.items() if k != "args"},
         "run_dir": str(run_dir),
         "libraries": library_versions(),
     }  # fmt: skip
-    if job.eval_data is not None:
+    eval_data = job.eval_folder()
+    if eval_data is not None:
         max_len = job.options.max_seq_length
         card["metrics"] = evaluate_model(
-            run_dir / MODEL_DIR, job.eval_data, job.eval_split, max_len
+            run_dir / MODEL_DIR, eval_data, job.eval_split, max_len
         ).as_dict()
         card["base_metrics"] = base_metrics_cached(
-            prepared.base, job.eval_data, job.eval_split, max_len, cache_dir
+            prepared.base, eval_data, job.eval_split, max_len, cache_dir
         )
     version = register_model(models_dir, job.name, run_dir / MODEL_DIR, card)
     if (run_dir / LOSS_LOG).is_file():
@@ -520,13 +427,13 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def run_training_job(job: TrainJob, models_dir: Path, home: Path) -> JobOutcome:
+def run_training_job(job: TrainJob, settings: Settings) -> JobOutcome:
     """Check, prepare, train under torchrun, evaluate and register: ``embedsvc train``.
 
     Args:
         job: what to train.
-        models_dir: the registry root (``settings.models_dir``).
-        home: the home folder; run folders go under ``<home>/training/<name>/``.
+        settings: the registry (``models_dir``), the home folder (run folders go under
+            ``<home>/training/<name>/``) and the default base model.
 
     Returns:
         The run folder, the registered version and its metrics (the version is None on a
@@ -538,13 +445,19 @@ def run_training_job(job: TrainJob, models_dir: Path, home: Path) -> JobOutcome:
     """
     from training.train import MODEL_DIR
 
-    runs_dir = home / "training"
-    prepared = prepare_job(job, models_dir, runs_dir)
+    models_dir = settings.models_dir
+    runs_dir = settings.home / "training"
+    prepared = prepare_job(job, models_dir, runs_dir, settings.default_model)
     done = registered_outcome(prepared, models_dir)
     if done is not None and not job.restart:
         log.info("%s already trained and registered as %s", prepared.run_dir, done.version.ref)
         return done
-    status = run_torchrun(job.launch, train_argv(prepared, job.restart), job.options.batch_size)
+    argv = train_argv(prepared, job.restart)
+    if job.options.strategy == "ps":  # one process: the workers are Ray actors, not ranks
+        cmd = [sys.executable, "-m", "training.train", *argv]
+        status = subprocess.run(cmd, env=torchrun_env(job.launch, "cpu"), check=False).returncode
+    else:
+        status = run_torchrun(job.launch, argv, job.options.batch_size)
     if status != 0:
         raise LaunchError(
             f"training exited with status {status}; run the same command again to resume "

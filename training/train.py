@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from embedsvc.files import atomic_write, read_json
+from embedsvc.options import OptionsError, add_arguments, from_namespace
+from training.options import TrainOptions
+from training.steps import learning_rate
 
 log = logging.getLogger("training.train")
 
@@ -36,7 +39,6 @@ CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
 LOSS_LOG = "loss.jsonl"
 RESULT = "train_result.json"
-STRATEGIES = ("ddp", "fsdp")
 
 
 class TrainError(RuntimeError):
@@ -44,31 +46,13 @@ class TrainError(RuntimeError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of the entry point (the launcher builds it from the CLI options)."""
+    """The command line of the entry point: where the run is, plus :class:`TrainOptions`."""
     p = argparse.ArgumentParser(prog="training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="JSONL pairs or a BEIR folder")
     p.add_argument("--split", default="train", help="qrels split, for a BEIR folder")
     p.add_argument("--base-model", required=True, help="sentence-transformers model folder")
     p.add_argument("--output-dir", type=Path, required=True, help="run folder (resumable)")
-    p.add_argument("--strategy", choices=STRATEGIES, default="ddp")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--max-steps", type=int, default=-1, help="overrides --epochs when > 0")
-    p.add_argument("--batch-size", type=int, default=32, help="global batch, split over ranks")
-    p.add_argument("--lr", type=float, default=3e-5)
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction (<1) or number of steps")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--scale", type=float, default=20.0, help="MNRL scale (1 / temperature)")
-    p.add_argument("--max-seq-length", type=int, default=None)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--save-steps", type=int, default=100)
-    p.add_argument("--save-total-limit", type=int, default=2)
-    p.add_argument("--logging-steps", type=int, default=10)
-    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
-    p.add_argument(
-        "--no-gather",
-        action="store_true",
-        help="do not gather in-batch negatives across ranks (each rank sees only its own)",
-    )
+    add_arguments(p, TrainOptions)  # the recipe: names, defaults and checks in one place
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument(
         "--stop-after-step",
@@ -86,30 +70,6 @@ def dist_info() -> tuple[int, int, int]:
         int(os.environ.get("LOCAL_RANK", "0")),
         int(os.environ.get("WORLD_SIZE", "1")),
     )
-
-
-def check_strategy(strategy: str, use_cuda: bool) -> None:
-    """Refuse FSDP on CPU before any work.
-
-    accelerate turns FSDP on only for accelerator devices; on CPU (gloo) it silently trains
-    with DDP instead, which would make ``--strategy fsdp`` a lie, so we say so and stop.
-
-    Args:
-        strategy: ``ddp`` or ``fsdp``.
-        use_cuda: whether training runs on GPUs.
-
-    Raises:
-        TrainError: FSDP was asked for on a machine without CUDA.
-    """
-    if strategy not in STRATEGIES:
-        raise TrainError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
-    if strategy == "fsdp" and not use_cuda:
-        raise TrainError(
-            "--strategy fsdp needs CUDA GPUs: accelerate (which the sentence-transformers "
-            "trainer runs on) enables FSDP only on accelerators and would silently fall back "
-            "to DDP on CPU. Use --strategy ddp here, or run benchmarks/fsdp_gpu.py on a GPU "
-            "machine."
-        )
 
 
 def last_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -160,18 +120,7 @@ def load_dataset(data: Path, split: str) -> Any:
     return Dataset.from_dict(pairs_columns(load_pairs(data, split)))
 
 
-def wrap_classes(model: Any) -> list[str]:
-    """The transformer block classes FSDP wraps one by one (e.g. ``BertLayer``)."""
-    auto_model = getattr(model[0], "auto_model", None)
-    names = list(getattr(auto_model, "_no_split_modules", None) or [])
-    if not names:
-        raise TrainError("cannot tell which layers of this model FSDP should shard; use ddp")
-    return names
-
-
-def training_arguments(
-    args: argparse.Namespace, world: int, use_cuda: bool, fsdp_wrap: list[str] | None = None
-) -> Any:
+def training_arguments(args: argparse.Namespace, world: int, use_cuda: bool) -> Any:
     """Trainer arguments: per-device batch = global / world, seeded shuffling, full drops."""
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
@@ -179,9 +128,6 @@ def training_arguments(
     if args.batch_size % world:
         raise TrainError(f"--batch-size {args.batch_size} is not divisible by {world} ranks")
     extra: dict[str, Any] = {}
-    if args.strategy == "fsdp":
-        extra["fsdp"] = True
-        extra["fsdp_config"] = {"version": 2, "transformer_layer_cls_to_wrap": fsdp_wrap}
     if world > 1:
         extra["ddp_backend"] = "nccl" if use_cuda else "gloo"
         # The pooler of a BERT checkpoint gets no gradient under mean pooling.
@@ -237,15 +183,20 @@ def make_callbacks(output_dir: Path, rank: int, stop_after: int | None) -> list[
 
 
 def trim_loss_log(output_dir: Path, step: int) -> None:
-    """Drop loss lines after ``step``: they belong to work the resumed run will redo."""
+    """Drop loss lines after ``step``: they belong to work the resumed run will redo.
+
+    A line cut short by a kill is dropped too (it can only be the last one).
+    """
     path = output_dir / LOSS_LOG
     if not path.is_file():
         return
-    keep = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
     with atomic_write(path) as fh:  # a crash here must not lose the steps kept
         fh.write("".join(line + "\n" for line in keep).encode())
 
@@ -283,7 +234,8 @@ def save_final(trainer: Any, output_dir: Path, rank: int, world: int) -> None:
         tmp.rename(final)
 
 
-def write_result(args: argparse.Namespace, output: Any, world: int, started: float) -> None:
+def write_result(args: argparse.Namespace, output: Any, world: int, started: float,
+                 **extra: Any) -> None:
     """Record what the run did, for the launcher, the model card and the benchmark."""
     from embedsvc.files import write_json
 
@@ -295,7 +247,9 @@ def write_result(args: argparse.Namespace, output: Any, world: int, started: flo
             "train_loss": output.training_loss,
             "seconds": round(time.time() - started, 1),
             "world_size": world,
+            "strategy": args.strategy,
             "args": config,
+            **extra,
         },
     )
 
@@ -305,7 +259,7 @@ def save_full_state(args: argparse.Namespace, state_dict: dict, output_dir: str)
 
     sentence-transformers' own save reads the live modules, whose parameters are shards
     under FSDP; so the gathered weights are loaded into a fresh CPU copy of the base model
-    and that copy is saved.
+    and that copy is saved (see :func:`training.fsdp.save_final`).
     """
     model = load_model(args.base_model, args.max_seq_length, "cpu")
     result = model.load_state_dict({k: v.cpu() for k, v in state_dict.items()}, strict=False)
@@ -315,6 +269,15 @@ def save_full_state(args: argparse.Namespace, state_dict: dict, output_dir: str)
             f"unexpected {result.unexpected_keys[:5]}"
         )
     model.save_pretrained(output_dir)
+
+
+def save_gathered(args: argparse.Namespace, state_dict: dict) -> None:
+    """Save full weights as ``<output-dir>/model`` atomically: no half-written model folder."""
+    tmp = args.output_dir / f".{MODEL_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_full_state(args, state_dict, str(tmp))
+    shutil.rmtree(args.output_dir / MODEL_DIR, ignore_errors=True)
+    tmp.rename(args.output_dir / MODEL_DIR)
 
 
 def trainer_class(args: argparse.Namespace) -> type:
@@ -330,12 +293,8 @@ def trainer_class(args: argparse.Namespace) -> type:
 
     class RankZeroSaveTrainer(SentenceTransformerTrainer):
         def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-            if not self.args.should_save:
-                return
-            if state_dict is not None and self.is_fsdp_enabled:
-                save_full_state(args, state_dict, output_dir or self.args.output_dir)
-                return
-            super()._save(output_dir, state_dict=state_dict)
+            if self.args.should_save:
+                super()._save(output_dir, state_dict=state_dict)
 
     return RankZeroSaveTrainer
 
@@ -343,30 +302,81 @@ def trainer_class(args: argparse.Namespace) -> type:
 def run(args: argparse.Namespace) -> int:
     """Train, checkpointing as it goes; returns 0 when finished or stopped as asked."""
     import torch
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     started = time.time()
     rank, local_rank, world = dist_info()
     use_cuda = torch.cuda.is_available()
-    check_strategy(args.strategy, use_cuda)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    if args.strategy == "ps":
+        return run_ps(args, started)
+    checkpoint = resume_point(args, rank)
+    if args.strategy == "fsdp":
+        return run_fsdp(args, checkpoint, use_cuda, device, started)
+    return run_ddp(args, checkpoint, use_cuda, device, started)
+
+
+def run_ps(args: argparse.Namespace, started: float) -> int:
+    """A parameter server and workers on Ray (:mod:`training.param_server`), one process here.
+
+    It keeps no checkpoints: an interrupted run starts again from the base model.
+    """
+    from training import param_server
+    from training.fsdp import log_loss
+
+    (args.output_dir / LOSS_LOG).unlink(missing_ok=True)
+    try:
+        outcome, state, losses = param_server.run(args)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc
+    for step, loss in losses:
+        if step % args.logging_steps == 0:
+            log_loss(args.output_dir, step, loss, learning_rate(step - 1, outcome.global_step,
+                                                                args.warmup, args.lr))
+    save_gathered(args, state)
+    write_result(args, outcome, 1, started, workers=args.workers, refused=outcome.refused,
+                 staleness=outcome.staleness)
+    log.info("finished: %d steps, model in %s", outcome.global_step, args.output_dir / MODEL_DIR)
+    return 0
+
+
+def run_fsdp(args: argparse.Namespace, checkpoint: Path | None, use_cuda: bool, device: str,
+             started: float) -> int:
+    """FSDP2 (:mod:`training.fsdp`); the result records each rank's share of the state."""
+    from training import fsdp
+
+    rank, _, world = dist_info()
+    try:
+        outcome = fsdp.run(args, rank, world, checkpoint, use_cuda, device)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc
+    if outcome is None:
+        log.info("stopped after step %d as asked; run again to resume", args.stop_after_step)
+        return 0
+    if rank == 0:
+        write_result(args, outcome, world, started, shards=outcome.shards)
+        log.info("finished: %d steps, model in %s", outcome.global_step, args.output_dir / MODEL_DIR)
+    return 0
+
+
+def run_ddp(args: argparse.Namespace, checkpoint: Path | None, use_cuda: bool, device: str,
+            started: float) -> int:
+    """sentence-transformers' trainer, under DDP when there is more than one rank."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    rank, _, world = dist_info()
     model = load_model(args.base_model, args.max_seq_length, device)
     dataset = load_dataset(args.data, args.split)
     loss = MultipleNegativesRankingLoss(
-        model, scale=args.scale, gather_across_devices=not args.no_gather
+        model, scale=args.scale, gather_across_devices=args.gather
     )
-    fsdp_wrap = wrap_classes(model) if args.strategy == "fsdp" else None
-    checkpoint = resume_point(args, rank)
     trainer = trainer_class(args)(
         model=model,
-        args=training_arguments(args, world, use_cuda, fsdp_wrap),
+        args=training_arguments(args, world, use_cuda),
         train_dataset=dataset,
         loss=loss,
         callbacks=make_callbacks(args.output_dir, rank, args.stop_after_step),
     )
-    if args.strategy == "fsdp" and not trainer.is_fsdp_enabled:
-        raise TrainError("accelerate did not enable FSDP on this machine; use --strategy ddp")
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if args.stop_after_step is not None and output.global_step < trainer.state.max_steps:
         log.info("stopped after step %d as asked; run again to resume", output.global_step)
@@ -376,6 +386,18 @@ def run(args: argparse.Namespace) -> int:
         write_result(args, output, world, started)
         log.info("finished: %d steps, model in %s", output.global_step, args.output_dir / MODEL_DIR)
     return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, with every recipe option checked and filled in by :class:`TrainOptions`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        options = from_namespace(TrainOptions, args)
+    except OptionsError as exc:
+        parser.error(str(exc))
+    vars(args).update(options.model_dump())
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     from training.pairs import PairsError
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     rank, _, _ = dist_info()
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
