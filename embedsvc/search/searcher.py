@@ -379,6 +379,8 @@ class Searcher:
 
     def _checked(self, index: DenseIndex,
                  found: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if (np.abs(found[0]) <= IMPOSSIBLE_SCORE).all():  # the usual case, in one pass
+            return found
         scores = found[0][found[1] >= 0]
         impossible = scores[~(np.abs(scores) <= IMPOSSIBLE_SCORE)]  # NaN included
         if len(impossible):
