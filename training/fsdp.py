@@ -25,30 +25,19 @@ import argparse
 import json
 import logging
 import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from embedsvc.files import write_json
-from training.steps import batch_loss, clip_and_step, global_batches, learning_rate, total_steps
+from training.steps import Outcome, batch_loss, clip_and_step, global_batches, learning_rate, total_steps
 
 log = logging.getLogger("training.fsdp")
 
 STATE_FILE = "trainer_state.json"  # written last: a checkpoint without it is incomplete
 
 
-@dataclass
-class Outcome:
-    """What the loop did, in the shape :func:`training.train.write_result` records."""
-
-    global_step: int
-    training_loss: float
-    shards: list[dict[str, int]]
-
-
-def shard_model(model: Any, mesh: Any, bf16: bool) -> list[str]:
-    """Shard each transformer layer, then the root; returns the layer classes sharded."""
+def shard_model(model: Any, mesh: Any, bf16: bool) -> None:
+    """Shard each transformer layer (the classes the model names unsplittable), then the root."""
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -61,7 +50,6 @@ def shard_model(model: Any, mesh: Any, bf16: bool) -> list[str]:
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
-    return sorted(names)
 
 
 def local_sizes(model: Any, optimizer: Any) -> dict[str, int]:
@@ -173,29 +161,21 @@ def run(args: argparse.Namespace, rank: int, world: int, checkpoint: Path | None
     shards: list[Any] = [None] * world
     dist.all_gather_object(shards, local_sizes(model, optimizer))
     save_final(model, args, rank)
-    return Outcome(steps, sum(losses) / max(1, len(losses)), shards)
+    return Outcome(steps, sum(losses) / max(1, len(losses)), {"shards": shards})
 
 
 def _after_step(args: argparse.Namespace, model: Any, optimizer: Any, done: int, steps: int,
                 rank: int, loss: float, lr: float) -> bool:
     """Log the loss, checkpoint when due; False when the run is to stop here as asked."""
-    from training.train import CHECKPOINTS
+    from training.train import CHECKPOINTS, append_loss
 
     if rank == 0 and done % args.logging_steps == 0:
-        log_loss(args.output_dir, done, loss, lr)
+        append_loss(args.output_dir, {"step": done, "loss": loss, "learning_rate": lr})
     stop = args.stop_after_step is not None and args.stop_after_step <= done < steps
     if done % args.save_steps == 0 or done == steps or stop:
         save_checkpoint(model, optimizer, args.output_dir / CHECKPOINTS, done, rank,
                         args.save_total_limit)
     return not stop
-
-
-def log_loss(output_dir: Path, step: int, loss: float, lr: float) -> None:
-    """One line of ``loss.jsonl``, as the trainer's callback writes it."""
-    from training.train import LOSS_LOG
-
-    with open(output_dir / LOSS_LOG, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"step": step, "time": time.time(), "loss": loss, "learning_rate": lr}) + "\n")
 
 
 def save_final(model: Any, args: argparse.Namespace, rank: int) -> None:

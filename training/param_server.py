@@ -20,24 +20,13 @@ import argparse
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
-from training.steps import batch_loss, clip_and_step, global_batches, learning_rate, total_steps
+from training.steps import Outcome, batch_loss, clip_and_step, global_batches, learning_rate, total_steps
 
 log = logging.getLogger("training.param_server")
 
 WAIT = "wait"  # no batch free now: one is out with a worker and may come back refused
-
-
-@dataclass
-class Outcome:
-    """What the run did, in the shape :func:`training.train.write_result` records."""
-
-    global_step: int
-    training_loss: float
-    refused: int  # pushes refused as too stale (their batches were recomputed)
-    staleness: dict[int, int]  # staleness of the applied gradients → how many
 
 
 class Server:
@@ -162,4 +151,4 @@ def run(args: argparse.Namespace) -> tuple[Outcome, dict[str, Any], list[tuple[i
     mean = sum(loss for _, loss in losses) / max(1, len(losses))
     log.info("%d steps by %d workers; %d pushes refused as staler than %d", steps, args.workers,
              refused, args.staleness)
-    return Outcome(steps, mean, refused, staleness), state, losses
+    return Outcome(steps, mean, {"refused": refused, "staleness": staleness}), state, losses

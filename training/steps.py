@@ -12,9 +12,25 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_GRAD_NORM = 1.0  # as the trainer the DDP path uses
+
+
+@dataclass
+class Outcome:
+    """What one of our loops did, as :func:`training.train.write_result` records it.
+
+    Attributes:
+        global_step: optimizer steps taken.
+        training_loss: mean loss over them.
+        details: what this strategy adds to ``train_result.json`` (shard sizes, staleness).
+    """
+
+    global_step: int
+    training_loss: float
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def learning_rate(step: int, total: int, warmup: float, peak: float) -> float:

@@ -156,6 +156,13 @@ def training_arguments(args: argparse.Namespace, world: int, use_cuda: bool) -> 
     )
 
 
+def append_loss(output_dir: Path, row: dict[str, Any]) -> None:
+    """One line of ``loss.jsonl`` (the step, its loss, ...; the time is added): every
+    strategy's loop writes its log through this."""
+    with open(output_dir / LOSS_LOG, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({**row, "time": time.time()}) + "\n")
+
+
 def make_callbacks(output_dir: Path, rank: int, stop_after: int | None) -> list[Any]:
     """The loss log (rank 0 writes it) and the optional stop after a given step."""
     from transformers import TrainerCallback
@@ -166,9 +173,7 @@ def make_callbacks(output_dir: Path, rank: int, stop_after: int | None) -> list[
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
             if rank != 0 or not logs or "loss" not in logs:
                 return
-            row = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
-            with open(output_dir / LOSS_LOG, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_loss(output_dir, {"step": state.global_step, "epoch": state.epoch, **logs})
 
     class StopAfter(TrainerCallback):
         """End training after ``stop_after`` steps, saving a checkpoint there first."""
@@ -322,7 +327,6 @@ def run_ps(args: argparse.Namespace, started: float) -> int:
     It keeps no checkpoints: an interrupted run starts again from the base model.
     """
     from training import param_server
-    from training.fsdp import log_loss
 
     (args.output_dir / LOSS_LOG).unlink(missing_ok=True)
     try:
@@ -331,11 +335,10 @@ def run_ps(args: argparse.Namespace, started: float) -> int:
         raise TrainError(str(exc)) from exc
     for step, loss in losses:
         if step % args.logging_steps == 0:
-            log_loss(args.output_dir, step, loss, learning_rate(step - 1, outcome.global_step,
-                                                                args.warmup, args.lr))
+            lr = learning_rate(step - 1, outcome.global_step, args.warmup, args.lr)
+            append_loss(args.output_dir, {"step": step, "loss": loss, "learning_rate": lr})
     save_gathered(args, state)
-    write_result(args, outcome, 1, started, workers=args.workers, refused=outcome.refused,
-                 staleness=outcome.staleness)
+    write_result(args, outcome, 1, started, workers=args.workers, **outcome.details)
     log.info("finished: %d steps, model in %s", outcome.global_step, args.output_dir / MODEL_DIR)
     return 0
 
@@ -354,7 +357,7 @@ def run_fsdp(args: argparse.Namespace, checkpoint: Path | None, use_cuda: bool, 
         log.info("stopped after step %d as asked; run again to resume", args.stop_after_step)
         return 0
     if rank == 0:
-        write_result(args, outcome, world, started, shards=outcome.shards)
+        write_result(args, outcome, world, started, **outcome.details)
         log.info("finished: %d steps, model in %s", outcome.global_step, args.output_dir / MODEL_DIR)
     return 0
 
