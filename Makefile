@@ -13,7 +13,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[dev,ray,train]"
+	$(BIN)/pip install --quiet -e ".[dev,ray,train,federated]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import socket
 import tempfile
 import threading
@@ -32,21 +33,24 @@ def bundled_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Hypothesis (the fuzz test) writes caches into ./.hypothesis: keep them in a temp folder."""
+    """Keep what libraries write outside the tests' folders in temp folders of the session:
+    Hypothesis's cache (else ./.hypothesis) and Ray's sessions (else /tmp/ray, kept forever).
+    Ray's folder is short on purpose: its socket paths must fit in 107 bytes."""
     from hypothesis.configuration import set_hypothesis_home_dir
 
-    folder = tempfile.TemporaryDirectory(prefix="embedsvc-hypothesis-")
-    config.stash[_HYPOTHESIS_HOME] = folder
-    set_hypothesis_home_dir(folder.name)
+    hypothesis = tempfile.TemporaryDirectory(prefix="embedsvc-hypothesis-")
+    ray = tempfile.TemporaryDirectory(prefix="ray-")
+    config.stash[_TEMP_HOMES] = [hypothesis, ray]
+    set_hypothesis_home_dir(hypothesis.name)
+    os.environ["RAY_TMPDIR"] = ray.name  # read by Ray, here and in every child process
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    folder = config.stash.get(_HYPOTHESIS_HOME, None)
-    if folder is not None:
+    for folder in config.stash.get(_TEMP_HOMES, []):
         folder.cleanup()
 
 
-_HYPOTHESIS_HOME = pytest.StashKey[tempfile.TemporaryDirectory]()
+_TEMP_HOMES = pytest.StashKey[list[tempfile.TemporaryDirectory]]()
 
 
 def make_settings(home: Path, bundled_model: Path, shared_export: bool = True,

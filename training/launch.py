@@ -34,12 +34,14 @@ from embedsvc.options import to_argv
 from embedsvc.settings import Settings
 from training.options import LaunchSpec, TrainJob, TrainOptions
 from training.pairs import Pair, fingerprint_pairs, write_pairs_jsonl
+from training.partition import load_client_folders, parse_partition, write_clients
 
 __all__ = ["LaunchSpec", "TrainJob", "TrainOptions"]  # defined in training.options
 
 log = logging.getLogger(__name__)
 
 PAIRS_FILE = "pairs.jsonl"
+CLIENTS_DIR = "clients"  # --federated: one silo file per client
 JOB_FILE = "job.json"
 REGISTERED = "registered.json"
 
@@ -143,6 +145,7 @@ def torchrun_env(spec: LaunchSpec, device: str) -> dict[str, str]:
     if device == "cpu":
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.nproc))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # Flower would report usage over the network
     return env
 
 
@@ -238,12 +241,17 @@ def prepare_run(
     return prepared
 
 
-def train_argv(prepared: PreparedRun, restart: bool = False) -> list[str]:
-    """The ``training.train`` arguments for a prepared run."""
+def train_argv(prepared: PreparedRun, restart: bool = False, job: TrainJob | None = None) -> list[str]:
+    """The ``training.train`` arguments for a prepared run (of ``job``, when federated)."""
+    federated = prepared.options.federated
+    data = prepared.run_dir / CLIENTS_DIR if federated else prepared.pairs_path
     argv = [
-        "--data", str(prepared.pairs_path), "--base-model", str(prepared.base.path),
+        "--data", str(data), "--base-model", str(prepared.base.path),
         "--output-dir", str(prepared.run_dir), *to_argv(prepared.options),
     ]  # fmt: skip
+    eval_data = job.eval_folder() if job is not None and federated else None
+    if eval_data is not None:
+        argv += ["--eval-data", str(eval_data), "--eval-split", job.eval_split]
     if restart:
         argv.append("--no-resume")
     return argv
@@ -272,6 +280,8 @@ def check_job(job: TrainJob) -> str:
     if job.options.strategy == "ps" and job.launch.nproc * job.launch.nnodes > 1:
         raise LaunchError("--strategy ps runs its own workers (--workers N) on Ray: "
                           "leave --nproc and --nnodes at 1")
+    if job.options.federated:
+        check_federated(job)
     check_name(job.name)
     if job.mine_negatives and not (job.mine_corpus or job.data).is_dir():
         raise LaunchError("mining needs a corpus: train on a BEIR folder or give --mine-corpus")
@@ -282,6 +292,36 @@ def check_job(job: TrainJob) -> str:
         except FileNotFoundError as exc:
             raise LaunchError(str(exc)) from exc
     return device
+
+
+def check_federated(job: TrainJob) -> None:
+    """--federated runs one process per client on Flower's simulation: no ranks, no mining
+    across silos."""
+    if job.options.strategy != "ddp":
+        raise LaunchError("--federated trains each client in one process: leave --strategy at ddp")
+    if job.launch.nproc * job.launch.nnodes > 1:
+        raise LaunchError("--federated runs its clients on Ray (--clients N): leave --nproc and --nnodes at 1")
+    if job.mine_negatives and parse_partition(job.options.partition).scheme == "folders":
+        raise LaunchError("--partition folders keeps each silo as it is: mine negatives inside each "
+                          "client's folder before training, not with --mine-negatives")
+
+
+def split_for_clients(job: TrainJob, pairs: list[Pair], model: Any,
+                      silos: list[list[Pair]] | None) -> list[list[Pair]]:
+    """Each client's pairs: the silos as given, or ``pairs`` split by ``--partition``."""
+    from training.partition import DEFAULT_CLIENTS, PartitionError, split_pairs, topic_labels
+
+    options = job.options
+    if silos is not None:
+        if options.clients not in (None, len(silos)):
+            raise PartitionError(f"--clients {options.clients} but {job.data} holds {len(silos)} "
+                                 "client silos: leave --clients out")
+        return silos
+    partition = parse_partition(options.partition)
+    labels = topic_labels(model, pairs, options.seed) if partition.scheme == "dirichlet" else None
+    parts = split_pairs(pairs, partition, options.clients or DEFAULT_CLIENTS, options.seed,
+                        options.batch_size, labels)
+    return [[pairs[i] for i in part] for part in parts]
 
 
 def mine_for_job(job: TrainJob, pairs: list[Pair], model: Any) -> list[Pair]:
@@ -311,9 +351,16 @@ def prepare_job(job: TrainJob, models_dir: Path, runs_dir: Path, default_model: 
     check_job(job)
     base, model = load_base_model(job.base_model or default_model, models_dir,
                                   job.options.max_seq_length)
-    pairs = load_pairs(job.data, job.split)
+    federated = job.options.federated
+    silos = None
+    if federated and parse_partition(job.options.partition).scheme == "folders":
+        silos = load_client_folders(job.data, job.split)
+        pairs = [pair for silo in silos for pair in silo]
+    else:
+        pairs = load_pairs(job.data, job.split)
     if job.mine_negatives:
         pairs = mine_for_job(job, pairs, model)
+    clients = split_for_clients(job, pairs, model, silos) if federated else []
     del model  # the launched ranks load their own copy
     info = {
         "source": str(job.data),
@@ -322,7 +369,13 @@ def prepare_job(job: TrainJob, models_dir: Path, runs_dir: Path, default_model: 
         "mined_negatives": job.mine_negatives,
         "mine_skip_top": job.mine_skip_top,
     }
-    return prepare_run(pairs, base, job.options, runs_dir / job.name, info, job.run_dir)
+    if not federated:
+        return prepare_run(pairs, base, job.options, runs_dir / job.name, info, job.run_dir)
+    options = job.options.model_copy(update={"clients": len(clients)})
+    info["client_pairs"] = [len(c) for c in clients]
+    prepared = prepare_run(pairs, base, options, runs_dir / job.name, info, job.run_dir)
+    write_clients(clients, prepared.run_dir / CLIENTS_DIR)
+    return prepared
 
 
 def base_metrics_cached(
@@ -362,7 +415,7 @@ def register_run(
         },
         "data": {"fingerprint": prepared.data_fingerprint, "pairs": prepared.n_pairs,
                  **prepared.data_info},
-        "args": {**job.options.model_dump(), "nproc": job.launch.nproc, "nnodes": job.launch.nnodes},
+        "args": {**prepared.options.model_dump(), "nproc": job.launch.nproc, "nnodes": job.launch.nnodes},
         "train": {k: v for k, v in result.items() if k != "args"},
         "run_dir": str(run_dir),
         "libraries": library_versions(),
@@ -452,8 +505,8 @@ def run_training_job(job: TrainJob, settings: Settings) -> JobOutcome:
     if done is not None and not job.restart:
         log.info("%s already trained and registered as %s", prepared.run_dir, done.version.ref)
         return done
-    argv = train_argv(prepared, job.restart)
-    if job.options.strategy == "ps":  # one process: the workers are Ray actors, not ranks
+    argv = train_argv(prepared, job.restart, job)
+    if job.options.strategy == "ps" or job.options.federated:  # one process: the rest are Ray actors
         cmd = [sys.executable, "-m", "training.train", *argv]
         status = subprocess.run(cmd, env=torchrun_env(job.launch, "cpu"), check=False).returncode
     else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Strategy = Literal["ddp", "fsdp", "ps"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -50,10 +50,27 @@ class TrainOptions(BaseModel):
     workers: int = Field(2, ge=1, description="Worker actors of --strategy ps.")
     staleness: int = Field(1, ge=0, description="--strategy ps: most steps a gradient's weights may "
                                                 "be behind the server's; a staler push is recomputed.")
-    ray_address: str | None = Field(None, description="--strategy ps: the Ray cluster to join "
+    ray_address: str | None = Field(None, description="--strategy ps and --federated: the Ray cluster to join "
                                                       "(default: a local Ray).")
     gather: bool = Field(True, description="Gather in-batch negatives from every rank, as one process "
                                            "with the global batch would see them.")
+    federated: bool = Field(False, description="Federated fine-tuning (Flower, FedAvg): each client trains "
+                                               "on its own pairs, only weights travel to the server.")
+    clients: int | None = Field(None, ge=1, description="--federated: clients (default: 5, or one per "
+                                                        "folder with --partition folders).")
+    rounds: int = Field(3, ge=1, description="--federated: rounds of local training and averaging.")
+    local_steps: int = Field(10, ge=1, description="--federated: optimizer steps each client takes per round.")
+    partition: str = Field("iid", description="--federated: how DATA's pairs become clients: iid, by-query, "
+                                              "dirichlet:ALPHA (topic skew; smaller is more skewed), or "
+                                              "folders (DATA holds one BEIR folder or JSONL file per client).")
+
+    @field_validator("partition")
+    @classmethod
+    def _known_partition(cls, value: str) -> str:
+        from training.partition import parse_partition
+
+        parse_partition(value)
+        return value
 
 
 class LaunchSpec(BaseModel):

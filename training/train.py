@@ -48,11 +48,15 @@ class TrainError(RuntimeError):
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the entry point: where the run is, plus :class:`TrainOptions`."""
     p = argparse.ArgumentParser(prog="training.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="JSONL pairs or a BEIR folder")
+    p.add_argument("--data", type=Path, required=True,
+                   help="JSONL pairs or a BEIR folder; with --federated, the folder of client silos")
     p.add_argument("--split", default="train", help="qrels split, for a BEIR folder")
     p.add_argument("--base-model", required=True, help="sentence-transformers model folder")
     p.add_argument("--output-dir", type=Path, required=True, help="run folder (resumable)")
     add_arguments(p, TrainOptions)  # the recipe: names, defaults and checks in one place
+    p.add_argument("--eval-data", type=Path, default=None,
+                   help="--federated: BEIR folder the server scores each round on")
+    p.add_argument("--eval-split", default="test", help="qrels split of --eval-data")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument(
         "--stop-after-step",
@@ -313,6 +317,8 @@ def run(args: argparse.Namespace) -> int:
     use_cuda = torch.cuda.is_available()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    if args.federated:
+        return run_federated(args, started)
     if args.strategy == "ps":
         return run_ps(args, started)
     checkpoint = resume_point(args, rank)
@@ -340,6 +346,28 @@ def run_ps(args: argparse.Namespace, started: float) -> int:
     save_gathered(args, state)
     write_result(args, outcome, 1, started, workers=args.workers, **outcome.details)
     log.info("finished: %d steps, model in %s", outcome.global_step, args.output_dir / MODEL_DIR)
+    return 0
+
+
+def run_federated(args: argparse.Namespace, started: float) -> int:
+    """Flower's simulation of FedAvg over the client silos (:mod:`training.federated`).
+
+    Like the parameter server it keeps no checkpoints: an interrupted run starts again.
+    """
+    from training import federated
+
+    (args.output_dir / LOSS_LOG).unlink(missing_ok=True)
+    try:
+        outcome, state, losses = federated.run(args)
+    except (ValueError, federated.FederationError) as exc:
+        raise TrainError(str(exc)) from exc
+    for server_round, loss in losses:
+        step = server_round * args.local_steps
+        lr = learning_rate(step - 1, outcome.global_step, args.warmup, args.lr)
+        append_loss(args.output_dir, {"step": step, "round": server_round, "loss": loss, "learning_rate": lr})
+    save_gathered(args, state)
+    write_result(args, outcome, args.clients, started, **outcome.details, strategy="federated")
+    log.info("finished: %d rounds, model in %s", args.rounds, args.output_dir / MODEL_DIR)
     return 0
 
 
