@@ -32,6 +32,7 @@ from embedsvc.cli_common import (
 from embedsvc.cli_index import index_app
 from embedsvc.cli_keys import keys_app
 from embedsvc.cli_pipeline import pipeline_app
+from embedsvc.cli_snapshots import restore_command, snapshot_command
 from embedsvc.settings import Settings, use_settings
 
 app = typer.Typer(help="Embeddings and vector search: index, serve, search, evaluate.",
@@ -40,6 +41,8 @@ app.add_typer(index_app, name="index")
 app.add_typer(collections_app, name="collections")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(keys_app, name="keys")
+app.command("snapshot")(snapshot_command)
+app.command("restore")(restore_command)
 
 # Set by --debug: let unexpected errors show their traceback.
 _debug = False

@@ -108,6 +108,17 @@ class CollectionInfo(Response):
     last_compaction: float | None
 
 
+class Snapshot(Response):
+    collection: str
+    path: str = Field(description="The snapshot file on the server (under <home>/snapshots).")
+    seq: int = Field(description="The last write it holds.")
+    documents: int
+    current_version: int | None
+    files: int
+    bytes: int
+    created_at: float
+
+
 class CollectionList(Response):
     collections: list[str]
 

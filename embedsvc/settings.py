@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         return self.home / "models"
 
+    @property
+    def snapshots_dir(self) -> Path:
+        """Where the API's snapshot route writes (a client never names a server path)."""
+        return self.home / "snapshots"
+
 
 _current: Settings | None = None
 

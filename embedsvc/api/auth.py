@@ -39,6 +39,7 @@ SCOPES: dict[str, Scope | None] = {
     "create_collection": Scope.admin,
     "delete_collection": Scope.admin,
     "compact": Scope.admin,
+    "snapshot_collection": Scope.admin,
     "list_jobs": Scope.admin,
     "get_job": Scope.admin,
 }

@@ -49,6 +49,7 @@ from embedsvc.responses import (
     Passage,
     Readiness,
     SearchResult,
+    Snapshot,
     UpsertResult,
 )
 
@@ -57,5 +58,5 @@ __all__ = [
     "EmbedsvcError", "InvalidRequest", "PayloadTooLarge", "Unauthorized", "Forbidden", "NotFound",
     "Conflict", "RateLimited", "Unavailable", "ServerError", "ConnectionFailed",
     "CollectionInfo", "DeleteResult", "Document", "Embeddings", "Health", "Hit", "Job", "Passage",
-    "Readiness", "SearchResult", "UpsertResult",
+    "Readiness", "SearchResult", "Snapshot", "UpsertResult",
 ]

@@ -28,6 +28,7 @@ from embedsvc.responses import (
     Job,
     Readiness,
     SearchResult,
+    Snapshot,
     UpsertResult,
 )
 
@@ -156,6 +157,11 @@ class AsyncClient:
     async def compact(self, collection: str) -> Job:
         """Start folding fresh and deleted vectors into a new index version; poll :meth:`job`."""
         return await self._send(routes.COMPACT.call(Job.model_validate, name=collection))
+
+    async def snapshot(self, collection: str) -> Snapshot:
+        """Write a consistent snapshot on the server (admin); restore it there with
+        ``embedsvc restore PATH``."""
+        return await self._send(routes.SNAPSHOT.call(Snapshot.model_validate, name=collection))
 
     async def job(self, job_id: str) -> Job:
         return await self._send(routes.GET_JOB.call(Job.model_validate, job_id=job_id))

@@ -73,6 +73,7 @@ DELETE_BY_FILTER = Route("POST", "/v1/collections/{name}/documents/delete",
                          idempotent=False)  # again: also deletes what matched since
 GET_DOCUMENT = Route("GET", "/v1/collections/{name}/documents/{doc_id}", idempotent=True)
 COMPACT = Route("POST", "/v1/collections/{name}/compact", idempotent=False)  # again: a second job
+SNAPSHOT = Route("POST", "/v1/collections/{name}/snapshots", idempotent=False)  # again: a second file
 LIST_JOBS = Route("GET", "/v1/jobs", idempotent=True)
 GET_JOB = Route("GET", "/v1/jobs/{job_id}", idempotent=True)
 EMBED = Route("POST", "/v1/embed", idempotent=True)

@@ -32,6 +32,7 @@ from embedsvc.responses import (
     Job,
     Readiness,
     SearchResult,
+    Snapshot,
     UpsertResult,
 )
 
@@ -160,6 +161,11 @@ class Client:
     def compact(self, collection: str) -> Job:
         """Start folding fresh and deleted vectors into a new index version; poll :meth:`job`."""
         return self._send(routes.COMPACT.call(Job.model_validate, name=collection))
+
+    def snapshot(self, collection: str) -> Snapshot:
+        """Write a consistent snapshot on the server (admin); restore it there with
+        ``embedsvc restore PATH``."""
+        return self._send(routes.SNAPSHOT.call(Snapshot.model_validate, name=collection))
 
     def job(self, job_id: str) -> Job:
         return self._send(routes.GET_JOB.call(Job.model_validate, job_id=job_id))
