@@ -104,7 +104,23 @@ _GAUGES = (
     ("embedsvc_collection_pending_documents", "Documents written but not embedded yet.", "pending"),
     ("embedsvc_collection_last_compaction_timestamp_seconds", "Unix time of the last compaction "
      "(absent if none).", "last_compaction"),
+    ("embedsvc_drift_queries", "Recent dense queries in the drift window.", "drift.queries"),
+    ("embedsvc_drift_mean_best_cosine", "Mean cosine of recent queries to their best hit.",
+     "drift.mean_best_cosine"),
+    ("embedsvc_drift_low_score_share", "Share of recent queries whose best hit scores below "
+     "EMBEDSVC_DRIFT_LOW_SCORE.", "drift.low_score_share"),
+    ("embedsvc_drift_centroid_distance", "1 - cosine of the mean recent query and the mean corpus "
+     "vector.", "drift.centroid_distance"),
+    ("embedsvc_drift_drifting", "1 when the collection is marked drifting.", "drift.drifting"),
 )
+
+
+def _field(info: dict[str, Any], key: str) -> float | None:
+    """A number of a description, ``a.b`` reaching into a nested one (a flag counts as 0/1)."""
+    value: Any = info
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) else None
 
 _services: weakref.WeakSet[Describes] = weakref.WeakSet()
 # The service of the app answering the current request: its scrape reports its own home only.
@@ -120,9 +136,9 @@ class CollectionCollector(Collector):
         families = {name: GaugeMetricFamily(name, doc, labels=["collection"]) for name, doc, _ in _GAUGES}
         for name, info in _descriptions():
             for family, _, key in _GAUGES:
-                value = info.get(key)
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    families[family].add_metric([name], float(value))
+                value = _field(info, key)
+                if value is not None:
+                    families[family].add_metric([name], value)
         yield from families.values()
 
     def describe(self) -> list:

@@ -86,6 +86,17 @@ class IndexInfo(Response):
     shards: int
 
 
+class Drift(Response):
+    queries: int = Field(description="Recent dense queries in the window (unfiltered ones).")
+    mean_best_cosine: float = Field(description="Mean cosine of each query to its best hit.")
+    low_score_share: float = Field(description="Share of queries whose best hit is below "
+                                               "EMBEDSVC_DRIFT_LOW_SCORE.")
+    centroid_distance: float | None = Field(description="1 - cosine of the mean query and the "
+                                                        "mean corpus vector.")
+    drifting: bool = Field(description="Over EMBEDSVC_DRIFT_ALERT_SHARE low-scoring queries, with "
+                                       "at least EMBEDSVC_DRIFT_MIN_QUERIES in the window.")
+
+
 class CollectionInfo(Response):
     """What a collection holds: ``fresh_vectors`` are searched exactly until the next
     compaction, ``deleted_vectors`` are skipped until then, ``pending`` documents are
@@ -106,6 +117,8 @@ class CollectionInfo(Response):
     model_state: str | None
     leader: str | None = Field(..., description="Process holding the writer lease.")
     last_compaction: float | None
+    drift: Drift | None = Field(None, description="Recent queries against the corpus (None before "
+                                                  "any dense query since the server started).")
 
 
 class Snapshot(Response):

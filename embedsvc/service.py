@@ -22,6 +22,7 @@ from embedsvc.collection import (
     open_store,
     read_manifest,
 )
+from embedsvc.drift import DriftMonitor, DriftPolicy
 from embedsvc.files import file_identity
 from embedsvc.live import jobs
 from embedsvc.live.lease import current as current_lease
@@ -36,6 +37,11 @@ from embedsvc.settings import Settings
 from embedsvc.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
+
+
+def drift_policy(settings: Settings) -> DriftPolicy:
+    return DriftPolicy(settings.drift_window, settings.drift_low_score, settings.drift_alert_share,
+                       settings.drift_min_queries)
 
 
 def fusion_of(settings: Settings) -> Fusion:
@@ -64,6 +70,7 @@ class Service:
         self._lock = threading.Lock()
         self._broken: set[str] = set()
         self.worker = LiveWorker(settings, self.stores, self.models.get)
+        self.drift = DriftMonitor(drift_policy(settings))
         self._index_state: dict[str, str] = {}  # collection -> loading | ready | failed
         self.stopping = False
         self._stop = threading.Event()
@@ -83,11 +90,13 @@ class Service:
             cached = self._searchers.get(name)
             if cached is not None and cached[0] == identity:
                 return cached[1]
-            self._searchers.pop(name, None)
+            if self._searchers.pop(name, None) is not None:
+                self.drift.forget(name)  # recreated or restored: another corpus
             paths, store = open_store(self.settings.collections_dir, name)
             searcher = Searcher(paths, store, self.models.get, fusion=fusion_of(self.settings),
                                 queries=self.queries)
             searcher.on_damage = record_index_damage
+            searcher.on_queries = lambda vectors, best: self.drift.record(name, vectors, best)
             self._searchers[name] = (identity, searcher)
             return searcher
 
@@ -129,6 +138,7 @@ class Service:
         with self._lock:
             self._searchers.pop(name, None)
             self._index_state.pop(name, None)
+        self.drift.forget(name)
 
     # --- documents --------------------------------------------------------------------------
     def upsert(self, name: str, documents: Sequence[DocumentIn]) -> WriteResult:
@@ -248,6 +258,7 @@ class Service:
         # live vectors of the served version: its count less what was deleted since
         info["indexed_vectors"] = info["index"]["count"] - info["deleted_vectors"] \
             if info["index"] else 0
+        info["drift"] = self.drift.figures(name, searcher.view())
         model = info["model"]
         info["model_state"] = (self.models.status().get(model, {}).get("state") or "not_loaded"
                                if model else None)

@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: float = Field(
         0.0, ge=0, description="On SIGTERM, how long /readyz answers 503 before the server "
                                "stops accepting connections (give load balancers time to see it).")
+    drift_window: int = Field(
+        1000, ge=0, description="Recent dense queries kept per collection for drift monitoring "
+                                "(0: off).")
+    drift_low_score: float = Field(
+        0.3, ge=-1, le=1, description="A query whose best hit's cosine is below this counts as "
+                                      "unanswered by the corpus.")
+    drift_alert_share: float = Field(
+        0.5, ge=0, le=1, description="Mark a collection drifting when more than this share of its "
+                                     "recent queries score below drift_low_score.")
+    drift_min_queries: int = Field(
+        20, ge=1, description="Queries a collection's window needs before it can be marked drifting.")
     verify_interval_seconds: float = Field(
         300.0, ge=0, description="How often served index files are checked against their "
                                  "checksums (0: never after loading).")

@@ -120,6 +120,8 @@ class Searcher:
         self._failed_version: int | None = None
         self._reload_lock = threading.Lock()
         self.on_damage: Callable[[str], None] = lambda name: None  # e.g. count it in a metric
+        # (unit query vectors, best-hit cosines) of unfiltered dense queries: drift monitoring
+        self.on_queries: Callable[[np.ndarray, np.ndarray], None] | None = None
 
     # --- the current snapshot --------------------------------------------------------------
     def view(self) -> live.LiveView:
@@ -337,7 +339,11 @@ class Searcher:
             raise SearchConflict(
                 f"model '{encoder.spec.model_id}' makes {vectors.shape[1]}-d vectors but the "
                 f"index holds {dim}-d ones; rebuild the index with this model")
-        return self.dense_by_vectors(view, vectors, k, where)
+        ranked = self.dense_by_vectors(view, vectors, k, where)
+        if self.on_queries is not None and where is None:
+            answered = [i for i, r in enumerate(ranked) if r]
+            self.on_queries(vectors[answered], np.array([ranked[i][0][1] for i in answered]))
+        return ranked
 
     def dense_by_vectors(self, view: live.LiveView, vectors: np.ndarray, k: int,
                          where: CompiledFilter | None = None) -> list[list[Ranked]]:
