@@ -8,12 +8,18 @@ of the fine-tuned one, with exact search, plus wall times. ``--mine-negatives K`
 second job trained with K hard negatives per pair mined with the base model.
 ``--strategies ddp,ps`` trains one model per strategy on the same data and step budget
 (``ps``: a parameter server with ``--workers`` Ray workers and ``--staleness``; ``fsdp``:
-sharded ranks), so their nDCG@10 and wall times sit side by side.
+sharded ranks), so their nDCG@10 and wall times sit side by side. ``federated`` trains with
+FedAvg over ``--clients`` simulated silos (one run per ``--partitions`` entry, e.g.
+``dirichlet:0.5,iid``) for ``--rounds`` rounds of ``--local-steps`` steps, and prints the
+nDCG@10 the server measured after each round; give ddp ``--max-steps`` equal to
+clients x rounds x local steps for a centralised run over as many batches.
 
 Usage::
 
     .venv/bin/python benchmarks/finetune.py --nproc 2 [--mine-negatives 1] [--out r.json]
     .venv/bin/python benchmarks/finetune.py --strategies ddp,ps --max-steps 56 --out r.json
+    .venv/bin/python benchmarks/finetune.py --strategies federated,ddp --max-steps 100 \
+        --clients 5 --rounds 4 --local-steps 5 --partitions dirichlet:0.5,iid --out r.json
 """
 
 from __future__ import annotations
@@ -46,15 +52,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=256)
     p.add_argument("--mine-negatives", type=int, default=0, help="also train with K mined")
     p.add_argument("--restart", action="store_true", help="ignore checkpoints of a rerun")
-    p.add_argument("--strategies", default="ddp", help="comma list of ddp, fsdp, ps")
+    p.add_argument("--strategies", default="ddp", help="comma list of ddp, fsdp, ps, federated")
+    p.add_argument("--clients", type=int, default=5, help="clients of a federated run")
+    p.add_argument("--rounds", type=int, default=4, help="rounds of a federated run")
+    p.add_argument("--local-steps", type=int, default=5, help="client steps per round")
+    p.add_argument("--partitions", default="dirichlet:0.5", help="comma list: one federated run each")
     p.add_argument("--workers", type=int, default=2, help="workers of the ps strategy")
     p.add_argument("--staleness", type=int, default=1, help="staleness bound of the ps strategy")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     return p.parse_args(argv)
 
 
-def run_job(args: argparse.Namespace, name: str, mine: int, strategy: str = "ddp") -> dict:
-    """Train, evaluate and register one model; return its figures."""
+def run_job(args: argparse.Namespace, name: str, mine: int, strategy: str = "ddp",
+            partition: str | None = None) -> dict:
+    """Train, evaluate and register one model; return its figures (``partition``: federated)."""
     from embedsvc.settings import Settings
     from training.launch import LaunchSpec, TrainJob, TrainOptions, run_training_job
 
@@ -66,9 +77,14 @@ def run_job(args: argparse.Namespace, name: str, mine: int, strategy: str = "ddp
         lr=args.lr,
         max_seq_length=args.max_seq_length,
         save_steps=50,
-        strategy=strategy,
+        strategy="ddp" if partition else strategy,
         workers=args.workers,
         staleness=args.staleness,
+        federated=partition is not None,
+        clients=args.clients if partition else None,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        partition=partition or "iid",
     )
     job = TrainJob(
         data=args.data,
@@ -78,7 +94,7 @@ def run_job(args: argparse.Namespace, name: str, mine: int, strategy: str = "ddp
         eval_split="test",
         mine_negatives=mine,
         options=options,
-        launch=LaunchSpec(nproc=1 if strategy == "ps" else args.nproc, device="cpu"),
+        launch=LaunchSpec(nproc=1 if strategy == "ps" or partition else args.nproc, device="cpu"),
         restart=args.restart,
     )
     started = time.perf_counter()
@@ -88,7 +104,9 @@ def run_job(args: argparse.Namespace, name: str, mine: int, strategy: str = "ddp
     return {
         "model": outcome.version.ref,
         "mined_negatives": mine,
-        "strategy": strategy,
+        "strategy": f"federated {partition}" if partition else strategy,
+        "rounds": card["train"].get("rounds"),
+        "client_pairs": card["data"].get("client_pairs"),
         "job_wall_seconds": round(wall, 1),
         "train_seconds": round(card["train"]["seconds"], 1),
         "steps": card["train"]["global_step"],
@@ -117,6 +135,10 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         "",
     )
     for r in results:
+        for rnd in (r["rounds"] or [])[:-1]:  # the last round is the model's own row
+            table.add_row(f"  after round {rnd['round']}", f"{rnd['metrics']['nDCG@10']:.4f}",
+                          f"{rnd['metrics']['nDCG@10'] - base['nDCG@10']:+.4f}", "", "",
+                          str(rnd["seconds"]), "")
         m = r["metrics"]
         label = f"{r['model']} ({r['strategy']}, {r['mined_negatives']} mined neg.)"
         table.add_row(
@@ -139,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     # The base model is scored in this run, not taken from an earlier run's cache.
     shutil.rmtree(args.home / "training" / "eval-cache", ignore_errors=True)
     strategies = args.strategies.split(",")
-    results = [run_job(args, f"scifact-bench-{s}" if s != "ddp" else "scifact-bench", 0, s)
-               for s in strategies]
+    results = []
+    for s in strategies:
+        if s == "federated":
+            results += [run_job(args, f"scifact-bench-fed-{p.replace(':', '')}", 0, s, p)
+                        for p in args.partitions.split(",")]
+        else:
+            results.append(run_job(args, f"scifact-bench-{s}" if s != "ddp" else "scifact-bench", 0, s))
     if args.mine_negatives:
         results.append(run_job(args, "scifact-bench-hn", args.mine_negatives))
     report(results, args)
