@@ -6,7 +6,7 @@ PORT ?= 8000
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install run test lint bench bench-peers
+.PHONY: install system-deps run test lint bench bench-peers
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,18 @@ run: install
 	@echo
 	$(BIN)/embedsvc serve --host 127.0.0.1 --port $(PORT)
 
-test: install
+# Real programs the tests drive (never mocks): Redis for stream ingestion, Chromium and its
+# driver for the playground. Installed from Debian's packages where missing.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+test: install system-deps
 	$(BIN)/pytest
 
 lint: install
