@@ -135,7 +135,10 @@ def serve(
 def search(
     ctx: typer.Context,
     collection: str,
-    query: str,
+    query: Annotated[str | None, typer.Argument(help="Text to search for (or give --vector).")] = None,
+    vector: Annotated[str | None, typer.Option(
+        help="Search by a vector made elsewhere: a JSON array, or @FILE holding one (.json or .npy).",
+        show_default=False)] = None,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Results to return.")] = 10,
     mode: Annotated[ModeChoice, typer.Option(help="auto, dense, lexical or hybrid.")] = ModeChoice.auto,
     filter: Annotated[str | None, typer.Option(
@@ -144,13 +147,17 @@ def search(
     url: Annotated[str | None, typer.Option(help="Ask a running server instead of the home folder.")] = None,
 ) -> None:
     """Search a collection, in this process or through a server (--url)."""
+    if (query is None) == (vector is None):
+        raise fail("give a QUERY or --vector (one of them)")
     where = _parse_json_option("--filter", filter)
-    data = _search_remote(url, collection, query, k, mode.value, where) if url else \
-        _search_local(settings_of(ctx), collection, query, k, mode.value, where)
+    asked = query if vector is None else _read_vector(vector)
+    data = _search_remote(url, collection, asked, k, mode.value, where) if url else \
+        _search_local(settings_of(ctx), collection, asked, k, mode.value, where)
     if as_json:
         console.print_json(json.dumps(data))
         return
-    table = Table(title=f"{collection}: {query!r} ({data['mode']}"
+    shown = repr(query) if query is not None else "a vector"
+    table = Table(title=f"{collection}: {shown} ({data['mode']}"
                   + (f", fallback {data['fallback']})" if data["fallback"] else ")"))
     for column in ("#", "score", "id", "title"):
         table.add_column(column)
@@ -171,27 +178,59 @@ def _parse_json_option(name: str, value: str | None) -> dict | None:
     return parsed
 
 
-def _search_local(settings: Settings, collection: str, query: str, k: int, mode: str,
+def _read_vector(value: str) -> list[float]:
+    """``--vector``: a JSON array, or ``@FILE`` (a JSON array, or a 1-d ``.npy``)."""
+    import numpy as np
+
+    text = value
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            if path.suffix == ".npy":
+                return np.load(path, allow_pickle=False).astype(float).ravel().tolist()
+            text = path.read_text(encoding="utf-8")
+        except (OSError, ValueError) as exc:
+            raise fail(f"--vector: cannot read {path}: {exc}") from exc
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(f"--vector: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(parsed, list) or not parsed or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in parsed):
+        raise fail("--vector: give a JSON array of numbers, e.g. '[0.1, -0.2, 0.3]'")
+    return [float(x) for x in parsed]
+
+
+def _search_local(settings: Settings, collection: str, query: str | list[float], k: int, mode: str,
                   where: dict | None) -> dict:
     from embedsvc.search.filters import compile_filter
-    from embedsvc.service import local_searcher
+    from embedsvc.service import Service, local_searcher
 
     with user_errors():
         compiled = compile_filter(where, settings.max_filter_depth,
                                   settings.max_filter_conditions) if where else None
-        result = local_searcher(settings, collection).search(query, k, mode, where=compiled)
+        searcher = local_searcher(settings, collection)
+        if isinstance(query, str):
+            result = searcher.search(query, k, mode, where=compiled)
+        else:
+            if mode not in ("auto", "dense"):
+                raise ValueError(f"--mode {mode} needs a text query; a vector searches densely")
+            vector = Service(settings).unit_vectors(collection, [query], ["--vector"])[0]
+            result = searcher.search_vector(vector, k, where=compiled)
     return {"collection": collection, "mode": result.mode, "fallback": result.fallback,
             "index_version": result.index_version, "took_ms": result.took_ms,
             "hits": [h.model_dump() for h in result.hits]}
 
 
-def _search_remote(url: str, collection: str, query: str, k: int, mode: str,
+def _search_remote(url: str, collection: str, query: str | list[float], k: int, mode: str,
                    where: dict | None) -> dict:
     from embedsvc.client import Client, EmbedsvcError
 
+    text, vector = (query, None) if isinstance(query, str) else (None, query)
     try:
         with Client(url) as client:
-            return client.search(collection, query, k=k, mode=mode, filter=where).model_dump()
+            return client.search(collection, text, k=k, mode=mode, filter=where,
+                                 vector=vector).model_dump()
     except EmbedsvcError as exc:
         raise fail(exc.message) from exc
 

@@ -31,21 +31,24 @@ def create(
     model: Annotated[str | None, typer.Option(help="Model of its vectors (default: EMBEDSVC_DEFAULT_MODEL).")] = None,
     indexed_field: Annotated[list[str] | None, typer.Option(
         "--indexed-field", "-f", help="Metadata field to index for fast filters (repeatable).")] = None,
+    dimension: Annotated[int | None, typer.Option(
+        help="Without --model: a collection of vectors made elsewhere, of this dimension.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's response shape.")] = False,
 ) -> None:
     """Create an empty collection; documents written to it through the API are embedded
-    with its model."""
+    with its model (or, with --dimension alone, carry their own vectors)."""
     from pydantic import ValidationError
 
     from embedsvc.api.schemas import CreateCollectionRequest
 
     try:
-        request = CreateCollectionRequest(name=name, model=model, indexed_fields=indexed_field or [])
+        request = CreateCollectionRequest(name=name, model=model, indexed_fields=indexed_field or [],
+                                          dimension=dimension)
     except ValidationError as exc:
         raise fail(str(exc)) from exc
     with user_errors():
         info = _service(ctx).create(request.name, request.model, request.indexed_fields,
-                                    load_model=False)
+                                    load_model=False, dimension=request.dimension)
     _show(info, as_json)
 
 

@@ -115,7 +115,8 @@ def read_manifest(paths: CollectionPaths, number: int) -> dict[str, Any]:
 
 def create_collection(collections_dir: Path, name: str, model_id: str | None,
                       indexed_fields: Sequence[str] = (),
-                      weights_sha256: str | None = None) -> CollectionPaths:
+                      weights_sha256: str | None = None,
+                      dimension: int | None = None) -> CollectionPaths:
     """Make an empty collection for documents written through the API.
 
     The folder is prepared under a temporary name and renamed into place, so a collection
@@ -138,7 +139,7 @@ def create_collection(collections_dir: Path, name: str, model_id: str | None,
             for field in fields:
                 conn.execute(index_statement(field))
             store.set_meta(conn, model_id=model_id, weights_sha256=weights_sha256,
-                           indexed_fields=fields, current_version=None)
+                           indexed_fields=fields, current_version=None, dimension=dimension)
         store.close()
         try:
             tmp.rename(paths.root)  # fails if the name appeared meanwhile (not an empty dir)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Fallback = Literal["no_index", "model_unavailable", "index_unavailable", "backend_mismatch",
-                   "no_text"]
+                   "no_text", "no_model"]
 JobState = Literal["queued", "running", "done", "failed"]
 
 
@@ -104,6 +104,7 @@ class CollectionInfo(Response):
 
     name: str
     model: str | None
+    dimension: int | None = Field(None, description="Size of its vectors (None: lexical only).")
     documents: int
     indexed_vectors: int = Field(..., description="Vectors in the served index version.")
     fresh_vectors: int = Field(..., description="Embedded since the last compaction, searched exactly.")

@@ -35,6 +35,7 @@ from embedsvc.search.query_encoding import QueryEncoder
 from embedsvc.search.searcher import Fusion, Searcher
 from embedsvc.settings import Settings
 from embedsvc.store import DB_NAME, Store
+from embedsvc.vectors_in import VectorMismatch, unit_vector
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +119,59 @@ class Service:
         return out
 
     def create(self, name: str, model: str | None, indexed_fields: Sequence[str],
-               load_model: bool = True) -> dict[str, Any]:
+               load_model: bool = True, dimension: int | None = None) -> dict[str, Any]:
         """A new empty collection; ``model`` is checked and resolved before anything is made.
 
-        ``load_model`` starts loading the model at once (a server: documents are on their way).
+        With ``dimension`` and no ``model`` the collection has no model: its documents come
+        with vectors made elsewhere, and text queries are answered lexically. With both, the
+        model must make vectors of that dimension. ``load_model`` starts loading the model at
+        once (a server: documents are on their way).
         """
-        from embedsvc.encoders import resolve_model
+        from embedsvc.encoders import embedding_dimension, resolve_model
 
+        if dimension is not None and model is None:
+            create_collection(self.settings.collections_dir, name, None, indexed_fields,
+                              dimension=dimension)
+            self._index_state.pop(name, None)
+            return self.describe(name)
         spec = resolve_model(model or self.settings.default_model, self.settings.models_dir)
+        made = embedding_dimension(spec, self.settings.models_dir)
+        if dimension is not None and dimension != made:
+            raise VectorMismatch(f"dimension {dimension} was asked for, but model '{spec.model_id}' makes "
+                                 f"{made}-dimensional vectors; leave one of them out")
         create_collection(self.settings.collections_dir, name, spec.model_id, indexed_fields,
-                          spec.weights_sha256)
+                          spec.weights_sha256, made)
         self._index_state.pop(name, None)  # of a collection of that name deleted before
         if load_model:
             self.models.get(spec.model_id)
         return self.describe(name)
+
+    def dimension(self, name: str) -> int | None:
+        """The size of the collection's vectors: as created, as its index holds, or as its
+        model makes them (None: a collection without vectors, built lexical only)."""
+        from embedsvc.encoders import embedding_dimension, resolve_model
+
+        searcher = self.searcher(name)
+        store = searcher.store
+        dim = store.get_meta("dimension")
+        if dim is None:
+            view = searcher.view()
+            if view.index is not None:
+                dim = view.index.dim
+            elif len(view.fresh):
+                dim = int(view.fresh.vectors.shape[1])
+            elif store.get_meta("model_id"):
+                spec = resolve_model(store.get_meta("model_id"), self.settings.models_dir)
+                dim = embedding_dimension(spec, self.settings.models_dir)
+        return int(dim) if dim is not None else None
+
+    def unit_vectors(self, name: str, vectors: Sequence[Sequence[float]], what: Sequence[str]) -> list[Any]:
+        """Each vector checked against the collection's dimension and made unit length."""
+        dim = self.dimension(name)
+        if dim is None:
+            raise VectorMismatch(f"collection '{name}' holds no vectors (it was built lexical "
+                                 "only); it cannot store or search by vectors")
+        return [unit_vector(v, dim, label) for v, label in zip(vectors, what, strict=True)]
 
     def delete(self, name: str) -> None:
         delete_collection(self.settings.collections_dir, name)
@@ -241,6 +281,7 @@ class Service:
             info: dict[str, Any] = {
                 "name": name,
                 "model": store.get_meta("model_id"),
+                "dimension": store.get_meta("dimension"),
                 "documents": count("SELECT count(*) FROM documents"),
                 "fresh_vectors": count("SELECT count(*) FROM passages WHERE indexed = 0 "
                                        "AND vector IS NOT NULL"),
@@ -255,6 +296,8 @@ class Service:
         info["leader"] = lease.holder if lease and lease.expires_at > time.time() else None
         info["index"] = self._index_info(searcher, info["index_version"])
         info["layout"] = info["index"]["layout"] if info["index"] else None
+        if info["dimension"] is None and info["index"]:
+            info["dimension"] = info["index"]["dim"]
         # live vectors of the served version: its count less what was deleted since
         info["indexed_vectors"] = info["index"]["count"] - info["deleted_vectors"] \
             if info["index"] else 0

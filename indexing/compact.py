@@ -98,9 +98,8 @@ def compact(paths: CollectionPaths, store: Store, progress: Progress | None = No
 
     Raises:
         CollectionBusy: a build or another compaction holds the collection.
-        BuildError: the collection has no model, the served version
-            changed meanwhile, or the served version predates vector stores and its layout
-            must change (rebuild it once).
+        BuildError: the served version changed meanwhile, or it predates vector stores and
+            its layout must change (rebuild it once).
     """
     report = progress or (lambda phase, done: None)
     started = time.perf_counter()
@@ -109,8 +108,6 @@ def compact(paths: CollectionPaths, store: Store, progress: Progress | None = No
         snap = take_snapshot(paths, store)
         if not len(snap.tombstones) and not len(snap.fresh_ids):
             return {"status": "nothing_to_do", "version": snap.version}
-        if snap.model_id is None:
-            raise BuildError(f"collection '{paths.name}' has no model: nothing to compact")
         number = None
         if snap.live_count:
             report("index", 0.1)

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from embedsvc import __version__, metrics
 from embedsvc.api import auth, errors, observability, openapi
 from embedsvc.api.limits import BodyLimitMiddleware
-from embedsvc.api.routes import collections, documents, embed, health, jobs, snapshots
+from embedsvc.api.routes import collections, documents, embed, health, jobs, openai_compat, snapshots
 from embedsvc.service import Service
 from embedsvc.settings import Settings, get_settings
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # The API's routers; the health router's routes are open, the others carry their scope.
 ROUTERS = (health.router, collections.router, documents.router, jobs.router, embed.router,
-           snapshots.router)
+           snapshots.router, openai_compat.router)
 
 
 def on_termination(callback: Callable[[], None], drain_seconds: float = 0.0) -> Callable[[], None]:

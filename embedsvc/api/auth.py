@@ -34,6 +34,9 @@ SCOPES: dict[str, Scope | None] = {
     "search": Scope.read,
     "get_document": Scope.read,
     "embed": Scope.read,
+    "openai_embeddings": Scope.read,  # the OpenAI-compatible routes (routes/openai_compat.py)
+    "openai_list_models": Scope.read,
+    "openai_retrieve_model": Scope.read,
     "upsert_documents": Scope.write,
     "delete_documents": Scope.write,
     "create_collection": Scope.admin,

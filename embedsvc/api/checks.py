@@ -18,9 +18,16 @@ from embedsvc.settings import Settings
 
 
 def search_limits(body: SearchRequest, settings: Settings) -> None:
-    if not body.query.strip():
+    if (body.query is None) == (body.vector is None):
+        raise ApiError(422, "invalid_request", "give either 'query' (text) or 'vector', not both")
+    if body.vector is not None and body.mode not in ("auto", "dense"):
+        raise ApiError(422, "invalid_request", f"mode '{body.mode}' needs a text query; a vector "
+                                               "searches densely (mode 'dense' or 'auto')")
+    if body.query is None:
+        pass
+    elif not body.query.strip():
         raise ApiError(422, "invalid_request", "query: must contain text, not only whitespace")
-    if len(body.query) > settings.max_query_chars:
+    elif len(body.query) > settings.max_query_chars:
         raise ApiError(422, "invalid_request",
                        f"query: {len(body.query)} characters, the limit is "
                        f"{settings.max_query_chars} (EMBEDSVC_MAX_QUERY_CHARS); shorten it")
@@ -86,8 +93,9 @@ def documents(docs: Sequence[DocumentIn], settings: Settings) -> None:
             raise ApiError(422, "invalid_request", f"{where}: the id is also documents[{seen[doc.id]}];"
                                                    " send each id once per call")
         seen[doc.id] = i
-        if not doc.title.strip() and not doc.text.strip():
-            raise ApiError(422, "invalid_request", f"{where}: has no text (title and text empty)")
+        if not doc.title.strip() and not doc.text.strip() and doc.vector is None:
+            raise ApiError(422, "invalid_request", f"{where}: has no text (title and text empty) "
+                                                   "and no vector")
         if not _finite(doc.metadata):
             raise ApiError(422, "invalid_request", f"{where}: metadata holds NaN or Infinity, which "
                                                    "JSON cannot store; send finite numbers")

@@ -17,11 +17,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
+from embedsvc.api.openai_errors import is_openai_path, openai_error_response
 from embedsvc.collection import CollectionBusy, CollectionError, CollectionExists, CollectionNotFound
 from embedsvc.encoders import ModelError
 from embedsvc.responses import ErrorResponse
 from embedsvc.search.filters import FilterError
 from embedsvc.search.searcher import SearchConflict, SearchUnavailable
+from embedsvc.vectors_in import VectorMismatch
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ _DOMAIN = [
     (FilterError, 422, "invalid_request"),
     (CollectionExists, 409, "exists"),
     (CollectionBusy, 409, "busy"),
+    (VectorMismatch, 422, "invalid_request"),
     (CollectionError, 400, "bad_request"),
     (SearchConflict, 409, "conflict"),
     (SearchUnavailable, 503, "unavailable"),
@@ -140,6 +143,8 @@ def install(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed)
             message = f"{request.method} is not served on {request.url.path[:200]}; use {' or '.join(allowed)}"
         code = getattr(exc, "code", None) or _CODES.get(exc.status_code, "http_error")
+        if is_openai_path(request.url.path):  # e.g. a 405 on /v1/embeddings: in OpenAI's shape
+            return openai_error_response(exc.status_code, code, message, headers=headers or None)
         return error_response(exc.status_code, code, message, headers or None)
 
     @app.exception_handler(UnicodeEncodeError)

@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedsvc.api.auth import authorize_request
+from embedsvc.api.openai_errors import is_openai_path, openai_error_body
 from embedsvc.search.filters import encodable
 
 # Nesting a JSON body may have. Legitimate bodies stay far below it (a filter at the
@@ -184,12 +185,14 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _message(self) -> bytes:
+    def _message(self, path: str) -> bytes:
+        if is_openai_path(path):  # the OpenAI-compatible routes answer in OpenAI's shape
+            return json.dumps(openai_error_body(413, "too_large", too_large_message(self.max_bytes))).encode()
         error = {"code": "too_large", "message": too_large_message(self.max_bytes)}
         return json.dumps({"error": error}).encode()
 
-    async def _refuse(self, send: Send) -> None:
-        body = self._message()
+    async def _refuse(self, send: Send, path: str) -> None:
+        body = self._message(path)
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
@@ -201,7 +204,7 @@ class BodyLimitMiddleware:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(send, scope.get("path", ""))
             return
         seen = 0
         started = False
@@ -224,4 +227,4 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, scope.get("path", ""))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedsvc.collection import NAME_PATTERN, NAME_RULE
 from embedsvc.search.filters import FIELD
+from embedsvc.vectors_in import MAX_DIMENSION
 
 Mode = Literal["auto", "dense", "lexical", "hybrid"]
 
@@ -40,10 +41,22 @@ class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
+Vector = list[float]
+
+
 class SearchRequest(Request):
-    query: str = Field(..., min_length=1, description="Free text, not only whitespace; at most "
-                                                      "EMBEDSVC_MAX_QUERY_CHARS characters.",
-                       json_schema_extra={"pattern": HAS_TEXT, **limit(maxLength="max_query_chars")})
+    """Exactly one of ``query`` (text) and ``vector`` (made elsewhere: dense search only)."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["query"], "properties": {"query": {"type": "string"}}},
+        {"required": ["vector"], "properties": {"vector": {"type": "array"}}}]})
+
+    query: str | None = Field(None, min_length=1, description="Free text, not only whitespace; at most "
+                                                              "EMBEDSVC_MAX_QUERY_CHARS characters.",
+                              json_schema_extra={"pattern": HAS_TEXT, **limit(maxLength="max_query_chars")})
+    vector: Vector | None = Field(None, min_length=1, max_length=MAX_DIMENSION,
+                                  description="Or a query vector of the collection's dimension (mode "
+                                              "dense or auto); made unit length.")
     k: int = Field(10, ge=1, description="Results wanted; at most EMBEDSVC_MAX_K (default 1000).",
                    json_schema_extra=limit(maximum="max_k"))
     mode: Mode = Field("auto", description="auto: hybrid when an index (or fresh vectors) and the "
@@ -64,18 +77,22 @@ class SearchRequest(Request):
 
 
 class DocumentIn(Request):
-    """A document to store: some text in ``title`` or ``text``, and under
+    """A document to store: some text in ``title`` or ``text`` (or a ``vector``), and under
     EMBEDSVC_MAX_DOCUMENT_BYTES (title, text and metadata as UTF-8) in all."""
 
     model_config = ConfigDict(json_schema_extra={"anyOf": [
         {"properties": {"text": {"pattern": HAS_TEXT}}},
-        {"required": ["title"], "properties": {"title": {"pattern": HAS_TEXT}}}]})
+        {"required": ["title"], "properties": {"title": {"pattern": HAS_TEXT}}},
+        {"required": ["vector"], "properties": {"vector": {"type": "array"}}}]})
 
     id: str = Field(..., min_length=1, max_length=1024, description="Distinct within one call; no NUL character.",
                     json_schema_extra={"pattern": NO_NUL})
     title: str = ""
     text: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+    vector: Vector | None = Field(None, min_length=1, max_length=MAX_DIMENSION,
+                                  description="Its vector, made elsewhere, of the collection's dimension: "
+                                              "stored (unit length) instead of embedding the text.")
 
 
 class UpsertRequest(Request):
@@ -100,7 +117,13 @@ class DeleteRequest(Request):
 
 class CreateCollectionRequest(Request):
     name: str = Field(..., description=f"{NAME_RULE}.", json_schema_extra={"pattern": f"^{NAME_PATTERN}$"})
-    model: str | None = Field(None, description="Model of its vectors (EMBEDSVC_DEFAULT_MODEL).")
+    model: str | None = Field(None, description="Model of its vectors (EMBEDSVC_DEFAULT_MODEL, unless "
+                                                "only a dimension is given).")
+    dimension: int | None = Field(None, ge=1, le=MAX_DIMENSION,
+                                  description="Without a model: a collection of vectors made elsewhere, "
+                                              "of this dimension (text queries answer lexically).")
+    metric: Literal["cosine"] = Field("cosine", description="Similarity: cosine (vectors are stored and "
+                                                            "searched unit length).")
     indexed_fields: list[Annotated[str, Field(json_schema_extra={"pattern": f"^{FIELD.pattern}$"})]] = Field(
         default_factory=list, description="Metadata fields to index in SQLite for fast filters.")
 

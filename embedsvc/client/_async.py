@@ -17,6 +17,7 @@ from embedsvc.client import _routes as routes
 from embedsvc.client._errors import EmbedsvcError, connection_failed
 from embedsvc.client._retry import RetryPolicy, log_retry
 from embedsvc.client._routes import collection_names as _collection_names
+from embedsvc.client._routes import document_body as _document_body
 from embedsvc.client._routes import job_list as _job_list
 from embedsvc.responses import (
     CollectionInfo,
@@ -106,39 +107,47 @@ class AsyncClient:
 
     async def create_collection(
         self, name: str, model: str | None = None, indexed_fields: list[str] | None = None,
+        dimension: int | None = None,
     ) -> CollectionInfo:
         """An empty collection whose documents the server embeds with ``model`` (default:
-        the server's); ``indexed_fields`` are metadata fields indexed for fast filters."""
-        body = {"name": name, "model": model, "indexed_fields": indexed_fields or []}
+        the server's); ``indexed_fields`` are metadata fields indexed for fast filters. With
+        ``dimension`` and no ``model``, its documents carry their own vectors."""
+        body = {"name": name, "model": model, "indexed_fields": indexed_fields or [],
+                "dimension": dimension}
         return await self._send(routes.CREATE_COLLECTION.call(CollectionInfo.model_validate, body))
 
     async def delete_collection(self, name: str) -> None:
         await self._send(routes.DELETE_COLLECTION.call(Deleted.model_validate, name=name))
 
     async def search(
-        self, collection: str, query: str, k: int = 10, mode: str = "auto", model: str | None = None,
-        include_text: bool = False, include_metadata: bool = False, filter: dict[str, Any] | None = None,
-        rrf_k: int | None = None, dense_weight: float | None = None, lexical_weight: float | None = None,
+        self, collection: str, query: str | None = None, k: int = 10, mode: str = "auto",
+        model: str | None = None, include_text: bool = False, include_metadata: bool = False,
+        filter: dict[str, Any] | None = None, rrf_k: int | None = None,
+        dense_weight: float | None = None, lexical_weight: float | None = None,
+        vector: Sequence[float] | None = None,
     ) -> SearchResult:
-        """Search a collection; ``result.mode`` and ``result.fallback`` say what answered.
+        """Search a collection by text ``query`` or by a ``vector`` made elsewhere (dense);
+        ``result.mode`` and ``result.fallback`` say what answered.
 
         ``filter`` restricts every mode to documents whose metadata match, e.g.
         ``{"year": {"$gte": 2015}, "kind": {"$in": ["review", "trial"]}}``; ``rrf_k`` and the
         weights tune hybrid fusion (the server's settings when None).
         """
         body = {"query": query, "k": k, "mode": mode, "model": model, "filter": filter,
+                "vector": [float(x) for x in vector] if vector is not None else None,
                 "rrf_k": rrf_k, "dense_weight": dense_weight, "lexical_weight": lexical_weight,
                 "include_text": include_text, "include_metadata": include_metadata}
         return await self._send(routes.SEARCH.call(SearchResult.model_validate, body, name=collection))
 
     async def upsert(self, collection: str, documents: Sequence[Document | Mapping[str, Any]]) -> UpsertResult:
-        """Insert or replace documents (``id``, ``text``, optional ``title`` and ``metadata``),
-        given as :class:`Document` models or dicts.
+        """Insert or replace documents (``id``, ``text``, optional ``title``, ``metadata`` and
+        ``vector``: one made elsewhere, stored instead of embedding the text), given as
+        :class:`Document` models or dicts.
 
         Returns once the write is committed: lexical search sees it at once, dense search
         once the server has embedded it (see ``get_collection(...).pending``).
         """
-        body = {"documents": [d.model_dump() if isinstance(d, Document) else dict(d) for d in documents]}
+        body = {"documents": [_document_body(d) for d in documents]}
         return await self._send(routes.UPSERT.call(UpsertResult.model_validate, body, name=collection))
 
     async def delete(

@@ -85,3 +85,12 @@ def collection_names(body: Any) -> list[str]:
 
 def job_list(body: Any) -> list[Job]:
     return JobList.model_validate(body).jobs
+
+
+def document_body(doc: Any) -> dict[str, Any]:
+    """A document (a pydantic model or a mapping) as JSON: a ``vector`` of any sequence of
+    numbers (a numpy array, say) as a list of floats."""
+    body = doc.model_dump() if hasattr(doc, "model_dump") else dict(doc)
+    if body.get("vector") is not None:
+        body["vector"] = [float(x) for x in body["vector"]]
+    return body

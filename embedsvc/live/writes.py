@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from embedsvc.search.filters import CompiledFilter
-from embedsvc.store import Store, in_list, text_sha
+from embedsvc.store import Store, document_text, in_list, passage_id, text_sha, vector_blob
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class DocumentIn:
     text: str
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    vector: np.ndarray | None = None  # made elsewhere, unit length: stored, never embedded
 
 
 @dataclass
@@ -60,7 +63,8 @@ def upsert_documents(store: Store, docs: Sequence[DocumentIn], embed: bool) -> W
         for doc in docs:
             sha = text_sha(doc.title, doc.text)
             row = (rowids[doc.id], doc.id, doc.title, doc.text, json.dumps(doc.metadata), sha)
-            (same if existing.get(doc.id, (0, None))[1] == sha else changed).append(row)
+            unchanged = existing.get(doc.id, (0, None))[1] == sha and doc.vector is None
+            (same if unchanged else changed).append(row)
         result.unchanged = len(same)
         result.updated = len(changed) - len(new)
         conn.executemany(
@@ -73,8 +77,9 @@ def upsert_documents(store: Store, docs: Sequence[DocumentIn], embed: bool) -> W
                          "WHERE rowid = ?", [(row[4], row[0]) for row in same])
         changed_ids = [row[0] for row in changed]
         _drop_vectors(conn, changed_ids)
+        given = _store_given_vectors(conn, seq, [(rowids[d.id], d) for d in docs if d.vector is not None])
         if embed:
-            queue = changed_ids + _without_vectors(conn, [row[0] for row in same])
+            queue = [r for r in changed_ids if r not in given] + _without_vectors(conn, [row[0] for row in same])
             conn.executemany("INSERT OR REPLACE INTO pending(doc, seq) VALUES (?, ?)",
                              [(doc, seq) for doc in queue])
         _log(conn, seq, [(row[0], row[1]) for row in changed], "upsert")
@@ -103,6 +108,17 @@ def delete_documents(store: Store, ids: Sequence[str] | None = None,
     found = {i for _, i in rows}
     return WriteResult(seq, deleted=len(rows),
                        missing=[i for i in dict.fromkeys(ids) if i not in found] if ids else [])
+
+
+def _store_given_vectors(conn: sqlite3.Connection, seq: int,
+                         docs: Sequence[tuple[int, DocumentIn]]) -> set[int]:
+    """Documents' own vectors, each as the one passage of its whole text, in the fresh
+    segment at once (no embedding); returns their row ids."""
+    conn.executemany('INSERT INTO passages(id, doc, ord, start, "end", indexed, seq, vector) '
+                     "VALUES (?, ?, 0, 0, ?, 0, ?, ?)",
+                     [(passage_id(rowid, 0), rowid, len(document_text(d.title, d.text)), seq,
+                       vector_blob(d.vector)) for rowid, d in docs])
+    return {rowid for rowid, _ in docs}
 
 
 def _drop_vectors(conn: sqlite3.Connection, rowids: list[int]) -> None:

@@ -228,6 +228,26 @@ class Searcher:
         return self.search_many([query], k, mode, model, include_text, include_metadata, where,
                                 fusion)[0]
 
+    def search_vector(self, vector: np.ndarray, k: int, include_text: bool = False,
+                      include_metadata: bool = False,
+                      where: CompiledFilter | None = None) -> SearchResult:
+        """Dense search by a unit query vector made elsewhere (checked by the caller)."""
+        start = time.perf_counter()
+        view = self.view()
+        name = self.paths.name
+        if self.index_failed:
+            raise SearchUnavailable(f"the index of '{name}' cannot be loaded (see the server log and "
+                                    f"`embedsvc index check {name}`)")
+        if view.index is None and not len(view.fresh):
+            raise SearchConflict(f"collection '{name}' holds no vectors yet: upsert documents with "
+                                 "vectors (or build an index) first")
+        ranked = self.dense_by_vectors(view, vector[None, :], k, where)[0]
+        if self.on_queries is not None and where is None and ranked:
+            self.on_queries(vector[None, :], np.array([ranked[0][1]]))
+        version = view.index.manifest["version"] if view.index is not None else None
+        took = round((time.perf_counter() - start) * 1000, 3)
+        return SearchResult(self._hits(ranked, include_text, include_metadata), "dense", None, version, took)
+
     def search_many(self, queries: Sequence[str], k: int, mode: str = "auto",
                     model: str | None = None, include_text: bool = False,
                     include_metadata: bool = False, where: CompiledFilter | None = None,
@@ -295,6 +315,11 @@ class Searcher:
                     f"or build one with `embedsvc index build {name}` (documents written "
                     "through the API are searchable densely once embedded)")
             return None, "no_index"
+        if model_id is None:  # vectors made elsewhere: a text query has nothing to embed it
+            if mode == "dense":
+                raise SearchConflict(f"collection '{name}' has no model to embed a text query: "
+                                     "search it with a 'vector', or lexically")
+            return None, "no_model"
         encoder = self.encoders(model_id)
         if encoder is None:
             if mode == "dense":

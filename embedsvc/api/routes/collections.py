@@ -35,7 +35,8 @@ def create_collection(body: CreateCollectionRequest, service: ServiceDep) -> Col
                        "version (name/version); a model folder on the server's disk can be used "
                        "with `embedsvc collections create --model PATH` on the server")
     try:
-        return CollectionInfo(**service.create(body.name, body.model, body.indexed_fields))
+        return CollectionInfo(**service.create(body.name, body.model, body.indexed_fields,
+                                               dimension=body.dimension))
     except ModelError as exc:
         raise ApiError(422, "invalid_request", f"model: {exc}") from exc
 
@@ -63,9 +64,14 @@ def search(name: str, body: SearchRequest, service: ServiceDep,
     """Search a collection. The response says which mode answered and why, if degraded."""
     checks.search_limits(body, settings)
     where = checks.metadata_filter(body.filter, settings)
-    result = service.searcher(name).search(
-        body.query, body.k, body.mode, body.model, body.include_text, body.include_metadata,
-        where, checks.fusion(body, settings))
+    if body.vector is not None:
+        vector = service.unit_vectors(name, [body.vector], ["vector"])[0]
+        result = service.searcher(name).search_vector(vector, body.k, body.include_text,
+                                                      body.include_metadata, where)
+    else:
+        result = service.searcher(name).search(
+            body.query, body.k, body.mode, body.model, body.include_text, body.include_metadata,
+            where, checks.fusion(body, settings))
     record_search(name, result.mode, result.fallback, result.took_ms / 1000)
     # written here, in the request's worker thread: see embedsvc.api.routes._json
     return model_response(SearchResult(

@@ -41,8 +41,12 @@ def upsert(name: str, body: UpsertRequest, service: ServiceDep,
     once, dense search once the server has embedded them (documents whose text did not
     change are not embedded again)."""
     checks.documents(body.documents, settings)
-    result = service.upsert(name, [DocumentIn(d.id, d.text, d.title, d.metadata)
-                                   for d in body.documents])
+    given = [(i, d) for i, d in enumerate(body.documents) if d.vector is not None]
+    vectors = dict(zip((i for i, _ in given), service.unit_vectors(
+        name, [d.vector for _, d in given], [f"documents[{i}] ('{d.id[:80]}')" for i, d in given]),
+        strict=True)) if given else {}
+    result = service.upsert(name, [DocumentIn(d.id, d.text, d.title, d.metadata, vectors.get(i))
+                                   for i, d in enumerate(body.documents)])
     return UpsertResult(collection=name, seq=result.seq, created=result.created,
                           updated=result.updated, unchanged=result.unchanged)
 
