@@ -13,7 +13,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[dev,ray,train,federated]"
+	$(BIN)/pip install --quiet -e ".[dev,ray,train,federated,langchain]"
 	touch $@
 
 install: $(VENV)/.installed

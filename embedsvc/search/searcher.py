@@ -238,10 +238,8 @@ class Searcher:
         if self.index_failed:
             raise SearchUnavailable(f"the index of '{name}' cannot be loaded (see the server log and "
                                     f"`embedsvc index check {name}`)")
-        if view.index is None and not len(view.fresh):
-            raise SearchConflict(f"collection '{name}' holds no vectors yet: upsert documents with "
-                                 "vectors (or build an index) first")
-        ranked = self.dense_by_vectors(view, vector[None, :], k, where)[0]
+        empty = view.index is None and not len(view.fresh)  # nothing to find yet: no hits
+        ranked = [] if empty else self.dense_by_vectors(view, vector[None, :], k, where)[0]
         if self.on_queries is not None and where is None and ranked:
             self.on_queries(vector[None, :], np.array([ranked[0][1]]))
         version = view.index.manifest["version"] if view.index is not None else None
