@@ -30,6 +30,7 @@ from embedsvc.cli_common import (
     with_backend,
 )
 from embedsvc.cli_index import index_app
+from embedsvc.cli_ingest import ingest_command
 from embedsvc.cli_keys import keys_app
 from embedsvc.cli_pipeline import pipeline_app
 from embedsvc.cli_snapshots import restore_command, snapshot_command
@@ -41,6 +42,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(collections_app, name="collections")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(keys_app, name="keys")
+app.command("ingest")(ingest_command)
 app.command("snapshot")(snapshot_command)
 app.command("restore")(restore_command)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -140,6 +140,7 @@ class CollectionCollector(Collector):
                 if value is not None:
                     families[family].add_metric([name], value)
         yield from families.values()
+        yield from _ingest_families()
 
     def describe(self) -> list:
         return []  # nothing to check at registration: the series depend on the home folder
@@ -165,6 +166,67 @@ def _descriptions() -> Iterator[tuple[str, dict[str, Any]]]:
                 continue
             seen.add(name)
             yield name, info
+
+
+# --- stream ingestion, read at scrape time -----------------------------------------------------
+_INGEST_LABELS = ["collection", "stream", "group"]
+
+
+def _ingest_families() -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The progress of ``embedsvc ingest`` consumers. They run in their own processes and
+    record it in the collection's SQLite (:mod:`embedsvc.ingest.progress`), read here like
+    the collection gauges: a collection gone, or never ingested into, reports nothing."""
+    from embedsvc.ingest.progress import read_progress
+
+    entries = CounterMetricFamily("embedsvc_ingest_entries", "Stream entries written into the "
+                                  "collection (at least once: redeliveries count).", labels=_INGEST_LABELS)
+    dead = CounterMetricFamily("embedsvc_ingest_dead_lettered", "Malformed stream entries moved "
+                               "to the dead-letter stream.", labels=_INGEST_LABELS)
+    lag = GaugeMetricFamily("embedsvc_ingest_lag_entries", "Entries of the stream the group has "
+                            "not read yet, as of the last update.", labels=_INGEST_LABELS)
+    pending = GaugeMetricFamily("embedsvc_ingest_pending_entries", "Entries read by the group's "
+                                "consumers and not acknowledged yet, as of the last update.",
+                                labels=_INGEST_LABELS)
+    updated = GaugeMetricFamily("embedsvc_ingest_updated_timestamp_seconds", "Unix time a consumer "
+                                "last recorded progress (stale: none is running).", labels=_INGEST_LABELS)
+    for name, store in _stores():
+        try:
+            found = read_progress(store)
+        except Exception as exc:  # noqa: BLE001 - deleted meanwhile, damaged: skipped
+            log.debug("metrics: ingest progress of %s skipped: %s", name, exc)
+            continue
+        for row in found:
+            labels = [name, row.stream, row.group]
+            entries.add_metric(labels, row.ingested)
+            dead.add_metric(labels, row.dead_lettered)
+            updated.add_metric(labels, row.updated_at)
+            if row.lag is not None:
+                lag.add_metric(labels, row.lag)
+            if row.pending is not None:
+                pending.add_metric(labels, row.pending)
+    yield from (entries, dead, lag, pending, updated)
+
+
+def _stores() -> Iterator[tuple[str, Any]]:
+    """(name, store) of each collection of the services in scope, as :func:`_descriptions`."""
+    current = current_service.get()
+    seen: set[str] = set()
+    for service in [current] if current is not None else list(_services):
+        store_of = getattr(service, "store", None)  # beyond Describes: a Service has it
+        try:
+            names = service.collections() if store_of is not None else []
+        except Exception:  # noqa: BLE001 - a scrape must never fail (said once, by _descriptions)
+            continue
+        for name in names:
+            if name in seen:
+                continue
+            try:
+                store = store_of(name)
+            except Exception as exc:  # noqa: BLE001 - deleted meanwhile, damaged: skipped
+                log.debug("metrics: %s skipped: %s", name, exc)
+                continue
+            seen.add(name)
+            yield name, store
 
 
 _collector = CollectionCollector()
