@@ -70,7 +70,8 @@ def test_every_route_has_a_scope(tmp_path: Path):
     api = {r.operation_id for r in served if isinstance(r, APIRoute) and r.path != "/docs"}
     assert api == set(SCOPES)
     others = {r.path for r in served if not isinstance(r, APIRoute) or r.path == "/docs"}
-    assert others == {"/openapi.json", "/docs", "/docs/assets"}, others
+    # and the search playground: its page at / and its script and style (static, no data)
+    assert others == {"/openapi.json", "/docs", "/docs/assets", "/", "/playground"}, others
 
 
 def test_each_scope_on_each_route(keyed):

@@ -13,7 +13,7 @@ from types import FrameType
 from fastapi import Depends, FastAPI
 
 from embedsvc import __version__, metrics
-from embedsvc.api import auth, errors, observability, openapi
+from embedsvc.api import auth, errors, observability, openapi, playground
 from embedsvc.api.limits import BodyLimitMiddleware
 from embedsvc.api.routes import collections, documents, embed, health, jobs, openai_compat, snapshots
 from embedsvc.service import Service
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     errors.install(app)
     openapi.install(app, settings)
+    playground.install(app)  # the search page at /, open like /docs
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     observability.install(app, settings)
     auth.install(app, settings)
