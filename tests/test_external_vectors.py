@@ -130,3 +130,18 @@ def test_the_cli_creates_vector_collections_and_searches_by_vector(running, vect
     assert wrong.exit_code == 1 and "the vector has 2 dimensions" in wrong.output
     neither = CliRunner().invoke(app, [*home, "search", "ext"])
     assert neither.exit_code == 1 and "give a QUERY or --vector" in neither.output
+
+
+def test_an_index_build_vectors_collection_is_searched_and_written_by_vector(running, tmp_path: Path) -> None:
+    """`index build --vectors` makes the same kind of collection: vectors in, vectors out."""
+    from indexing.job import BuildJob, BuildOptions
+
+    settings, _, client = running
+    built = unit(np.random.default_rng(5).standard_normal((50, 384))).astype(np.float32)
+    np.save(tmp_path / "vecs.npy", built)
+    (tmp_path / "vecs.ids.txt").write_text("".join(f"b{i}\n" for i in range(50)))
+    BuildJob(settings, "built", None, BuildOptions(vectors=tmp_path / "vecs.npy", chunk_size=64)).run()
+    assert client.get_collection("built").dimension == 384
+    assert client.search("built", vector=built[17], k=1).hits[0].id == "b17"
+    client.upsert("built", [{"id": "new", "text": "", "vector": built[17] + 0.001}])
+    assert {h.id for h in client.search("built", vector=built[17], k=2).hits} == {"b17", "new"}
