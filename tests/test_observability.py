@@ -156,9 +156,10 @@ def test_requests_are_counted_by_route_template(http: httpx.Client) -> None:
 
 def test_unknown_methods_share_one_label(http: httpx.Client) -> None:
     before = requests_of(http, "unmatched", "OTHER", "404")
-    http.request("BREW", "/coffee")
+    # a method the HTTP parser takes (httptools refuses unregistered tokens such as BREW itself)
+    http.request("PROPFIND", "/coffee")
     assert counted_after(http, before, "unmatched", "OTHER", "404") == before + 1
-    assert "BREW" not in http.get("/metrics").text
+    assert "PROPFIND" not in http.get("/metrics").text
 
 
 @pytest.fixture(scope="module")

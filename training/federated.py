@@ -82,34 +82,43 @@ def local_update(model: Any, loss_fn: Any, columns: dict[str, list[str]], args: 
 
 
 class ClientTrainer:
-    """A client's model and pairs, loaded once per worker process and client."""
+    """The model of a worker process, loaded once and shared by the clients it runs (each
+    round starts from the global weights anyway), and each client's pairs, read once."""
 
-    _cache: dict[int, ClientTrainer] = {}
+    _current: ClientTrainer | None = None
 
-    def __init__(self, args: argparse.Namespace, client: int):
+    def __init__(self, args: argparse.Namespace):
         import torch
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-        from training.partition import client_file
-        from training.train import load_dataset, load_model
+        from training.train import load_model
 
         torch.set_num_threads(1)  # one CPU per client, as the simulation reserves
-        self.args, self.client = args, client
-        self.columns = load_dataset(client_file(args.data, client), "train").to_dict()
+        self.args = args
         self.model = load_model(args.base_model, args.max_seq_length, "cpu")
         self.model.train()
         self.loss_fn = MultipleNegativesRankingLoss(self.model, scale=args.scale)
+        self.silos: dict[int, dict[str, list[str]]] = {}
 
     @classmethod
-    def get(cls, args: argparse.Namespace, client: int) -> ClientTrainer:
-        if client not in cls._cache:
-            cls._cache[client] = cls(args, client)
-        return cls._cache[client]
+    def get(cls, args: argparse.Namespace) -> ClientTrainer:
+        if cls._current is None:
+            cls._current = cls(args)
+        return cls._current
 
-    def train(self, weights: dict[str, Any], server_round: int) -> tuple[dict[str, Any], float]:
+    def pairs(self, client: int) -> dict[str, list[str]]:
+        """The client's own silo (the only one it reads)."""
+        from training.partition import client_file
+        from training.train import load_dataset
+
+        if client not in self.silos:
+            self.silos[client] = load_dataset(client_file(self.args.data, client), "train").to_dict()
+        return self.silos[client]
+
+    def train(self, client: int, weights: dict[str, Any], server_round: int) -> tuple[dict[str, Any], float]:
         """Train a round from the global weights; returns the new weights and the mean loss."""
         set_parameters(self.model, weights)
-        loss = local_update(self.model, self.loss_fn, self.columns, self.args, server_round, self.client)
+        loss = local_update(self.model, self.loss_fn, self.pairs(client), self.args, server_round, client)
         return parameters(self.model), loss
 
 
@@ -123,10 +132,10 @@ def client_app(args: argparse.Namespace) -> Any:
     @app.train()
     def train(msg: Message, context: Any) -> Message:
         client = int(context.node_config["partition-id"])
-        trainer = ClientTrainer.get(args, client)
+        trainer = ClientTrainer.get(args)
         weights = msg.content["arrays"].to_torch_state_dict()
-        new, loss = trainer.train(weights, int(msg.content["config"]["server-round"]))
-        metrics = MetricRecord({WEIGHT_KEY: len(trainer.columns["anchor"]), "train-loss": loss})
+        new, loss = trainer.train(client, weights, int(msg.content["config"]["server-round"]))
+        metrics = MetricRecord({WEIGHT_KEY: len(trainer.pairs(client)["anchor"]), "train-loss": loss})
         return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": metrics}), reply_to=msg)
 
     return app

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from embedsvc.api.errors import ApiError
-from embedsvc.api.schemas import DocumentIn, EmbedRequest, SearchRequest
+from embedsvc.api.schemas import DocumentIn, EmbedRequest, SearchRequest, has_text
 from embedsvc.search.filters import CompiledFilter, FilterError, compile_filter
 from embedsvc.search.searcher import Fusion
 from embedsvc.service import fusion_of
@@ -25,7 +25,7 @@ def search_limits(body: SearchRequest, settings: Settings) -> None:
                                                "searches densely (mode 'dense' or 'auto')")
     if body.query is None:
         pass
-    elif not body.query.strip():
+    elif not has_text(body.query):
         raise ApiError(422, "invalid_request", "query: must contain text, not only whitespace")
     elif len(body.query) > settings.max_query_chars:
         raise ApiError(422, "invalid_request",
@@ -93,7 +93,7 @@ def documents(docs: Sequence[DocumentIn], settings: Settings) -> None:
             raise ApiError(422, "invalid_request", f"{where}: the id is also documents[{seen[doc.id]}];"
                                                    " send each id once per call")
         seen[doc.id] = i
-        if not doc.title.strip() and not doc.text.strip() and doc.vector is None:
+        if not has_text(doc.title) and not has_text(doc.text) and doc.vector is None:
             raise ApiError(422, "invalid_request", f"{where}: has no text (title and text empty) "
                                                    "and no vector")
         if not _finite(doc.metadata):

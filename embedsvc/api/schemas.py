@@ -7,6 +7,7 @@ a typo is a 422 that names it instead of an option silently ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,8 +18,27 @@ from embedsvc.vectors_in import MAX_DIMENSION
 
 Mode = Literal["auto", "dense", "lexical", "hybrid"]
 
-# Some text, not only whitespace: what the server checks with str.strip(), for the schema.
-HAS_TEXT = r"\S"
+# Some text, not only whitespace, as the schema says it: a character that is whitespace
+# neither to JSON Schema (ECMA-262's \s, which has U+FEFF) nor to Python (str.isspace, which
+# has U+001C-U+001F and U+0085), so that the server's check (has_text) and a client
+# validating against the schema agree on every string.
+HAS_TEXT = r"[^\s\u001c-\u001f\u0085\ufeff]"
+
+
+def has_text(value: str) -> bool:
+    """What HAS_TEXT says, in Python."""
+    return any(not (c.isspace() or c == "\ufeff") for c in value)
+
+
+def optional_text(**limits: str) -> Callable[[dict[str, Any]], None]:
+    """The schema of an optional text field: HAS_TEXT on its string branch (a pattern beside
+    ``anyOf`` would be read differently by different validators), and its limits."""
+    def edit(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", []):
+            if branch.get("type") == "string":
+                branch["pattern"] = HAS_TEXT
+        schema.update(limit(**limits))
+    return edit
 # No NUL character (checks.ids says why).
 NO_NUL = r"^[^\u0000]*$"
 
@@ -53,7 +73,7 @@ class SearchRequest(Request):
 
     query: str | None = Field(None, min_length=1, description="Free text, not only whitespace; at most "
                                                               "EMBEDSVC_MAX_QUERY_CHARS characters.",
-                              json_schema_extra={"pattern": HAS_TEXT, **limit(maxLength="max_query_chars")})
+                              json_schema_extra=optional_text(maxLength="max_query_chars"))
     vector: Vector | None = Field(None, min_length=1, max_length=MAX_DIMENSION,
                                   description="Or a query vector of the collection's dimension (mode "
                                               "dense or auto); made unit length.")
