@@ -7,6 +7,7 @@ request); what they accept is the API's own request model, so both refuse the sa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -83,6 +84,63 @@ def show(
     with user_errors():
         info = _service(ctx).describe(name)
     _show(info, as_json)
+
+
+@collections_app.command("upsert")
+def upsert(
+    ctx: typer.Context,
+    name: str,
+    path: Annotated[Path, typer.Argument(help="JSONL, one document a line: id, text, title?, metadata?, "
+                                              "vector? (as PUT /v1/collections/NAME/documents takes them).")],
+    batch: Annotated[int | None, typer.Option(
+        min=1, help="Documents per write transaction (default and most: EMBEDSVC_MAX_BATCH_DOCUMENTS).")] = None,
+) -> None:
+    """Insert or replace documents from a file, vectors made elsewhere included. The whole file
+    is checked before anything is written; a running server sees the documents at once."""
+    from embedsvc.api.checks import documents_to_write
+    from embedsvc.api.errors import ApiError
+
+    bodies = _read_documents(path)
+    service = _service(ctx)
+    batch = min(batch or service.settings.max_batch_documents, service.settings.max_batch_documents)
+    totals = {"created": 0, "updated": 0, "unchanged": 0}
+    with user_errors():
+        try:
+            checked = [documents_to_write(service, name, bodies[i:i + batch], service.settings)
+                       for i in range(0, len(bodies), batch)]
+        except ApiError as exc:
+            raise fail(exc.message) from exc
+        for docs in checked:
+            result = service.upsert(name, docs)
+            for key in totals:
+                totals[key] += getattr(result, key)
+    console.print(f"[green]{name}[/]: {len(bodies)} documents written ({totals['created']} new, "
+                  f"{totals['updated']} changed, {totals['unchanged']} unchanged)", highlight=False)
+
+
+def _read_documents(path: Path) -> list[Any]:
+    """Every line of a JSONL file as the API's document, or one error naming the line."""
+    from pydantic import ValidationError
+
+    from embedsvc.api.schemas import DocumentIn
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"cannot read {path}: {exc}") from exc
+    docs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            docs.append(DocumentIn.model_validate_json(line))
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"]) or "the line"
+            raise fail(f"{path}:{number}: {where}: {problem['msg']}") from exc
+    if not docs:
+        raise fail(f"{path} holds no documents")
+    return docs
 
 
 @collections_app.command("delete")

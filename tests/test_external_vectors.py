@@ -145,3 +145,31 @@ def test_an_index_build_vectors_collection_is_searched_and_written_by_vector(run
     assert client.search("built", vector=built[17], k=1).hits[0].id == "b17"
     client.upsert("built", [{"id": "new", "text": "", "vector": built[17] + 0.001}])
     assert {h.id for h in client.search("built", vector=built[17], k=2).hits} == {"b17", "new"}
+
+
+def test_the_cli_writes_documents_with_vectors_from_a_file(running, tmp_path: Path) -> None:
+    from embedsvc.cli import app
+
+    settings, _, client = running
+    client.create_collection("from-file", dimension=3)
+    rows = [{"id": "x", "text": "east", "vector": [1, 0, 0]}, {"id": "y", "text": "", "vector": [0, 2, 0]},
+            {"id": "z", "text": "up", "metadata": {"k": 1}, "vector": [0, 0, 0.5]}]
+    good = tmp_path / "docs.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    home = ["--home", str(settings.home)]
+    written = CliRunner().invoke(app, [*home, "collections", "upsert", "from-file", str(good), "--batch", "2"])
+    assert written.exit_code == 0, written.output
+    assert "3 documents written (3 new, 0 changed, 0 unchanged)" in written.output
+    assert client.search("from-file", vector=[0.1, 3, 0], k=1).hits[0].id == "y"  # the server sees them
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "w", "text": "fine", "vector": [1, 1, 1]}) + "\n"
+                   + json.dumps({"id": "v", "text": "x", "vectr": [1, 2, 3]}) + "\n")
+    refused = CliRunner().invoke(app, [*home, "collections", "upsert", "from-file", str(bad)])
+    assert refused.exit_code == 1 and "bad.jsonl:2: vectr: Extra inputs are not permitted" in refused.output
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"id": "w", "text": "fine", "vector": [1, 1]}) + "\n")
+    refused = CliRunner().invoke(app, [*home, "collections", "upsert", "from-file", str(short)])
+    assert refused.exit_code == 1
+    assert "the vector has 2 dimensions, the collection holds 3-dimensional" in refused.output
+    assert client.get_collection("from-file").documents == 3  # nothing of either file was written

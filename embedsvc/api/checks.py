@@ -11,9 +11,10 @@ from typing import Any
 
 from embedsvc.api.errors import ApiError
 from embedsvc.api.schemas import DocumentIn, EmbedRequest, SearchRequest, has_text
+from embedsvc.live.writes import DocumentIn as LiveDocument
 from embedsvc.search.filters import CompiledFilter, FilterError, compile_filter
 from embedsvc.search.searcher import Fusion
-from embedsvc.service import fusion_of
+from embedsvc.service import Service, fusion_of
 from embedsvc.settings import Settings
 
 
@@ -105,6 +106,19 @@ def documents(docs: Sequence[DocumentIn], settings: Settings) -> None:
             raise ApiError(413, "too_large",
                            f"{where}: {size} bytes, the limit is {settings.max_document_bytes} "
                            "(EMBEDSVC_MAX_DOCUMENT_BYTES); split it into several documents")
+
+
+def documents_to_write(service: Service, name: str, docs: Sequence[DocumentIn],
+                       settings: Settings) -> list[LiveDocument]:
+    """An upsert's documents checked (ids, text, sizes, and each vector against the
+    collection's dimension, made unit length) and ready for :meth:`Service.upsert`: the API's
+    route and ``embedsvc collections upsert`` write through this one door."""
+    documents(docs, settings)
+    given = [(i, d) for i, d in enumerate(docs) if d.vector is not None]
+    labels = [f"documents[{i}] ('{d.id[:80]}')" for i, d in given]
+    vectors = dict(zip((i for i, _ in given), service.unit_vectors(name, [d.vector for _, d in given], labels),
+                       strict=True)) if given else {}
+    return [LiveDocument(d.id, d.text, d.title, d.metadata, vectors.get(i)) for i, d in enumerate(docs)]
 
 
 def _finite(value: Any) -> bool:

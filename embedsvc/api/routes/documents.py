@@ -10,7 +10,6 @@ from embedsvc.api.deps import ServiceDep, SettingsDep
 from embedsvc.api.errors import JSON_BODY, ApiError, responses
 from embedsvc.api.limits import JsonRoute
 from embedsvc.api.schemas import DeleteRequest, UpsertRequest
-from embedsvc.live.writes import DocumentIn
 from embedsvc.responses import DeleteResult, Document, UpsertResult
 
 
@@ -40,13 +39,7 @@ def upsert(name: str, body: UpsertRequest, service: ServiceDep,
     """Insert or replace documents. Answered once committed: lexical search sees them at
     once, dense search once the server has embedded them (documents whose text did not
     change are not embedded again)."""
-    checks.documents(body.documents, settings)
-    given = [(i, d) for i, d in enumerate(body.documents) if d.vector is not None]
-    vectors = dict(zip((i for i, _ in given), service.unit_vectors(
-        name, [d.vector for _, d in given], [f"documents[{i}] ('{d.id[:80]}')" for i, d in given]),
-        strict=True)) if given else {}
-    result = service.upsert(name, [DocumentIn(d.id, d.text, d.title, d.metadata, vectors.get(i))
-                                   for i, d in enumerate(body.documents)])
+    result = service.upsert(name, checks.documents_to_write(service, name, body.documents, settings))
     return UpsertResult(collection=name, seq=result.seq, created=result.created,
                           updated=result.updated, unchanged=result.unchanged)
 
