@@ -252,7 +252,7 @@ class OpenedFiles:
     def under(self, folder: Path) -> list[str]:
         root = str(folder.resolve())
         with self._lock:
-            return sorted(p for p in self.paths if p.startswith(root))
+            return sorted(p for p in self.paths if p == root or p.startswith(root + os.sep))
 
 
 def run(args: argparse.Namespace) -> tuple[Outcome, dict[str, Any], list[tuple[int, float]]]:
