@@ -206,7 +206,7 @@ def _read_vector(value: str) -> list[float]:
 def _search_local(settings: Settings, collection: str, query: str | list[float], k: int, mode: str,
                   where: dict | None) -> dict:
     from embedsvc.search.filters import compile_filter
-    from embedsvc.service import Service, local_searcher
+    from embedsvc.service import local_searcher, unit_vectors_of
 
     with user_errors():
         compiled = compile_filter(where, settings.max_filter_depth,
@@ -217,7 +217,7 @@ def _search_local(settings: Settings, collection: str, query: str | list[float],
         else:
             if mode not in ("auto", "dense"):
                 raise ValueError(f"--mode {mode} needs a text query; a vector searches densely")
-            vector = Service(settings).unit_vectors(collection, [query], ["--vector"])[0]
+            vector = unit_vectors_of(searcher, settings.models_dir, [query], ["--vector"])[0]
             result = searcher.search_vector(vector, k, where=compiled)
     return {"collection": collection, "mode": result.mode, "fallback": result.fallback,
             "index_version": result.index_version, "took_ms": result.took_ms,

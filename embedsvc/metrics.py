@@ -13,7 +13,7 @@ import contextvars
 import logging
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -147,6 +147,13 @@ class CollectionCollector(Collector):
 
 
 def _descriptions() -> Iterator[tuple[str, dict[str, Any]]]:
+    return _each(lambda service, name: service.describe(name))
+
+
+def _each(read: Callable[[Any, str], Any]) -> Iterator[tuple[str, Any]]:
+    """(name, ``read(service, name)``) for each collection of the services in scope (the
+    one answering the scrape, else every live one, the first reporting a name winning); a
+    collection that cannot be read (deleted meanwhile, damaged) is skipped."""
     current = current_service.get()
     services = [current] if current is not None else list(_services)
     seen: set[str] = set()
@@ -160,12 +167,12 @@ def _descriptions() -> Iterator[tuple[str, dict[str, Any]]]:
             if name in seen:
                 continue
             try:
-                info = service.describe(name)
+                value = read(service, name)
             except Exception as exc:  # noqa: BLE001 - deleted meanwhile, damaged: skipped
                 log.debug("metrics: %s skipped: %s", name, exc)
                 continue
             seen.add(name)
-            yield name, info
+            yield name, value
 
 
 # --- stream ingestion, read at scrape time -----------------------------------------------------
@@ -189,12 +196,7 @@ def _ingest_families() -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
                                 labels=_INGEST_LABELS)
     updated = GaugeMetricFamily("embedsvc_ingest_updated_timestamp_seconds", "Unix time a consumer "
                                 "last recorded progress (stale: none is running).", labels=_INGEST_LABELS)
-    for name, store in _stores():
-        try:
-            found = read_progress(store)
-        except Exception as exc:  # noqa: BLE001 - deleted meanwhile, damaged: skipped
-            log.debug("metrics: ingest progress of %s skipped: %s", name, exc)
-            continue
+    for name, found in _each(lambda service, name: read_progress(service.store(name))):
         for row in found:
             labels = [name, row.stream, row.group]
             entries.add_metric(labels, row.ingested)
@@ -205,28 +207,6 @@ def _ingest_families() -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
             if row.pending is not None:
                 pending.add_metric(labels, row.pending)
     yield from (entries, dead, lag, pending, updated)
-
-
-def _stores() -> Iterator[tuple[str, Any]]:
-    """(name, store) of each collection of the services in scope, as :func:`_descriptions`."""
-    current = current_service.get()
-    seen: set[str] = set()
-    for service in [current] if current is not None else list(_services):
-        store_of = getattr(service, "store", None)  # beyond Describes: a Service has it
-        try:
-            names = service.collections() if store_of is not None else []
-        except Exception:  # noqa: BLE001 - a scrape must never fail (said once, by _descriptions)
-            continue
-        for name in names:
-            if name in seen:
-                continue
-            try:
-                store = store_of(name)
-            except Exception as exc:  # noqa: BLE001 - deleted meanwhile, damaged: skipped
-                log.debug("metrics: %s skipped: %s", name, exc)
-                continue
-            seen.add(name)
-            yield name, store
 
 
 _collector = CollectionCollector()

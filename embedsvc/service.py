@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from embedsvc.collection import (
@@ -59,6 +60,35 @@ def local_searcher(settings: Settings, collection: str,
     return Searcher(paths, store, lambda name: load_settings_encoder(name, settings),
         pinned_version=pinned_version, fusion=fusion_of(settings),
         queries=QueryEncoder.from_settings(settings))
+
+
+def collection_dimension(searcher: Searcher, models_dir: Path) -> int | None:
+    """The size of a collection's vectors: as created, as its index holds, or as its model
+    makes them (None: a collection without vectors, built lexical only)."""
+    from embedsvc.encoders import embedding_dimension, resolve_model
+
+    store = searcher.store
+    dim = store.get_meta("dimension")
+    if dim is None:
+        view = searcher.view()
+        if view.index is not None:
+            dim = view.index.dim
+        elif len(view.fresh):
+            dim = int(view.fresh.vectors.shape[1])
+        elif store.get_meta("model_id"):
+            spec = resolve_model(store.get_meta("model_id"), models_dir)
+            dim = embedding_dimension(spec, models_dir)
+    return int(dim) if dim is not None else None
+
+
+def unit_vectors_of(searcher: Searcher, models_dir: Path, vectors: Sequence[Sequence[float]],
+                    what: Sequence[str]) -> list[Any]:
+    """Vectors made elsewhere checked against the collection's dimension, made unit length."""
+    dim = collection_dimension(searcher, models_dir)
+    if dim is None:
+        raise VectorMismatch(f"collection '{searcher.paths.name}' holds no vectors (it was built "
+                             "lexical only); it cannot store or search by vectors")
+    return [unit_vector(v, dim, label) for v, label in zip(vectors, what, strict=True)]
 
 
 class Service:
@@ -146,32 +176,9 @@ class Service:
             self.models.get(spec.model_id)
         return self.describe(name)
 
-    def dimension(self, name: str) -> int | None:
-        """The size of the collection's vectors: as created, as its index holds, or as its
-        model makes them (None: a collection without vectors, built lexical only)."""
-        from embedsvc.encoders import embedding_dimension, resolve_model
-
-        searcher = self.searcher(name)
-        store = searcher.store
-        dim = store.get_meta("dimension")
-        if dim is None:
-            view = searcher.view()
-            if view.index is not None:
-                dim = view.index.dim
-            elif len(view.fresh):
-                dim = int(view.fresh.vectors.shape[1])
-            elif store.get_meta("model_id"):
-                spec = resolve_model(store.get_meta("model_id"), self.settings.models_dir)
-                dim = embedding_dimension(spec, self.settings.models_dir)
-        return int(dim) if dim is not None else None
-
     def unit_vectors(self, name: str, vectors: Sequence[Sequence[float]], what: Sequence[str]) -> list[Any]:
         """Each vector checked against the collection's dimension and made unit length."""
-        dim = self.dimension(name)
-        if dim is None:
-            raise VectorMismatch(f"collection '{name}' holds no vectors (it was built lexical "
-                                 "only); it cannot store or search by vectors")
-        return [unit_vector(v, dim, label) for v, label in zip(vectors, what, strict=True)]
+        return unit_vectors_of(self.searcher(name), self.settings.models_dir, vectors, what)
 
     def delete(self, name: str) -> None:
         delete_collection(self.settings.collections_dir, name)

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,31 @@ def evaluate_search(
     return evaluate(dict(zip(ids, ranked, strict=True)), qrels)
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """A BEIR split read once: what :func:`evaluate_loaded` scores models on."""
+
+    beir_dir: Path
+    split: str
+    qrels: dict[str, dict[str, int]]
+    queries: dict[str, str]
+    corpus: dict[str, str]
+
+    @classmethod
+    def load(cls, beir_dir: Path, split: str = "test") -> EvalSet:
+        qrels = load_qrels(beir_dir, split)
+        return cls(beir_dir, split, qrels, load_queries(beir_dir, set(qrels)), load_corpus(beir_dir))
+
+
+def evaluate_loaded(model: Any, data: EvalSet, batch_size: int = 64) -> EvalResult:
+    """Score a loaded model on ``data`` with exact search (e.g. each round's weights)."""
+    started = time.time()
+    metrics = evaluate_search(ExactSearcher(model, data.corpus, batch_size), data.queries, data.qrels)
+    return EvalResult(metrics=metrics, dataset=str(data.beir_dir), split=data.split,
+                      queries=len(data.queries), documents=len(data.corpus),
+                      seconds=time.time() - started)
+
+
 def evaluate_model(
     model_path: Path | str,
     beir_dir: Path,
@@ -141,21 +166,10 @@ def evaluate_model(
         The metrics and what they were measured on.
     """
     started = time.time()
-    qrels = load_qrels(beir_dir, split)
-    queries = load_queries(beir_dir, set(qrels))
-    corpus = load_corpus(beir_dir)
-    model = load_sentence_transformer(model_path, device, max_seq_length)
-    searcher = ExactSearcher(model, corpus, batch_size)
-    metrics = evaluate_search(searcher, queries, qrels)
-    result = EvalResult(
-        metrics=metrics,
-        dataset=str(beir_dir),
-        split=split,
-        queries=len(queries),
-        documents=len(corpus),
-        seconds=time.time() - started,
-    )
-    log.info("%s on %s/%s: %s", model_path, beir_dir.name, split, format_metrics(metrics))
+    data = EvalSet.load(beir_dir, split)
+    result = evaluate_loaded(load_sentence_transformer(model_path, device, max_seq_length), data, batch_size)
+    result = replace(result, seconds=time.time() - started)  # loading included, as always
+    log.info("%s on %s/%s: %s", model_path, beir_dir.name, split, format_metrics(result.metrics))
     return result
 
 

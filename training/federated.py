@@ -142,34 +142,32 @@ def client_app(args: argparse.Namespace) -> Any:
 
 
 class RoundEvaluator:
-    """The server's own evaluation of each round's global weights on its held-out BEIR set."""
+    """The server's own evaluation of each round's global weights on its held-out BEIR set;
+    the last round's is the registered model's (nothing is scored twice)."""
 
     def __init__(self, args: argparse.Namespace):
-        from embedsvc.ir_metrics import load_qrels, load_queries
-        from training.pairs import load_corpus
+        from training.evaluate import EvalSet
         from training.train import load_model
 
         self.started = time.time()
         self.rounds: list[dict[str, Any]] = []
-        self.model = None
-        if args.eval_data is not None:
-            self.qrels = load_qrels(args.eval_data, args.eval_split)
-            self.queries = load_queries(args.eval_data, set(self.qrels))
-            self.corpus = load_corpus(args.eval_data)
-            self.model = load_model(args.base_model, args.max_seq_length, "cpu")
+        self.last: dict[str, Any] | None = None  # EvalResult.as_dict() of the latest round
+        self.data = EvalSet.load(args.eval_data, args.eval_split) if args.eval_data is not None else None
+        self.model = load_model(args.base_model, args.max_seq_length, "cpu") if self.data else None
 
     def __call__(self, server_round: int, arrays: Any) -> Any:
         from flwr.app import MetricRecord
 
-        from training.evaluate import ExactSearcher, evaluate_search
+        from training.evaluate import evaluate_loaded
 
         if server_round == 0:
             return None  # the base model: evaluated (and cached) by the launcher
         row: dict[str, Any] = {"round": server_round, "seconds": round(time.time() - self.started, 1)}
-        if self.model is not None:
+        if self.data is not None:
             set_parameters(self.model, arrays.to_torch_state_dict())
             self.model.eval()
-            row["metrics"] = evaluate_search(ExactSearcher(self.model, self.corpus), self.queries, self.qrels)
+            self.last = evaluate_loaded(self.model, self.data).as_dict()
+            row["metrics"] = self.last["metrics"]
             log.info("round %d: nDCG@10 %.4f", server_round, row["metrics"]["nDCG@10"])
         self.rounds.append(row)
         return MetricRecord(row.get("metrics") or {})
@@ -281,6 +279,6 @@ def run(args: argparse.Namespace) -> tuple[Outcome, dict[str, Any], list[tuple[i
         raise FederationError(f"the federated run ended without a model: {outcome.get('error', 'no result')}")
     losses = sorted(outcome["losses"].items())
     details = {"rounds": evaluator.rounds, "received": outcome["received"],
-               "server_opened_client_files": opened.under(args.data)}
+               "server_opened_client_files": opened.under(args.data), "final_eval": evaluator.last}
     mean = sum(loss for _, loss in losses) / max(1, len(losses))
     return Outcome(args.rounds * args.local_steps, mean, details), outcome["weights"], losses

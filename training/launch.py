@@ -416,14 +416,15 @@ def register_run(
         "data": {"fingerprint": prepared.data_fingerprint, "pairs": prepared.n_pairs,
                  **prepared.data_info},
         "args": {**prepared.options.model_dump(), "nproc": job.launch.nproc, "nnodes": job.launch.nnodes},
-        "train": {k: v for k, v in result.items() if k != "args"},
+        "train": {k: v for k, v in result.items() if k not in ("args", "final_eval")},
         "run_dir": str(run_dir),
         "libraries": library_versions(),
     }  # fmt: skip
     eval_data = job.eval_folder()
     if eval_data is not None:
         max_len = job.options.max_seq_length
-        card["metrics"] = evaluate_model(
+        # a federated run's server scored its last round, these very weights, on this split
+        card["metrics"] = result.get("final_eval") or evaluate_model(
             run_dir / MODEL_DIR, eval_data, job.eval_split, max_len
         ).as_dict()
         card["base_metrics"] = base_metrics_cached(

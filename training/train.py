@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -328,46 +329,51 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_ps(args: argparse.Namespace, started: float) -> int:
-    """A parameter server and workers on Ray (:mod:`training.param_server`), one process here.
-
-    It keeps no checkpoints: an interrupted run starts again from the base model.
-    """
+    """A parameter server and workers on Ray (:mod:`training.param_server`), one process here."""
     from training import param_server
 
-    (args.output_dir / LOSS_LOG).unlink(missing_ok=True)
-    try:
+    def train() -> tuple[Any, dict, list[dict[str, Any]]]:
         outcome, state, losses = param_server.run(args)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from exc
-    for step, loss in losses:
-        if step % args.logging_steps == 0:
-            lr = learning_rate(step - 1, outcome.global_step, args.warmup, args.lr)
-            append_loss(args.output_dir, {"step": step, "loss": loss, "learning_rate": lr})
-    save_gathered(args, state)
-    write_result(args, outcome, 1, started, workers=args.workers, **outcome.details)
-    log.info("finished: %d steps, model in %s", outcome.global_step, args.output_dir / MODEL_DIR)
-    return 0
+        rows = [{"step": step, "loss": loss} for step, loss in losses if step % args.logging_steps == 0]
+        return outcome, state, rows
+
+    return run_without_ranks(args, started, train, 1, workers=args.workers)
 
 
 def run_federated(args: argparse.Namespace, started: float) -> int:
-    """Flower's simulation of FedAvg over the client silos (:mod:`training.federated`).
-
-    Like the parameter server it keeps no checkpoints: an interrupted run starts again.
-    """
+    """Flower's simulation of FedAvg over the client silos (:mod:`training.federated`)."""
     from training import federated
 
+    def train() -> tuple[Any, dict, list[dict[str, Any]]]:
+        try:
+            outcome, state, losses = federated.run(args)
+        except federated.FederationError as exc:
+            raise TrainError(str(exc)) from exc
+        rows = [{"step": r * args.local_steps, "round": r, "loss": loss} for r, loss in losses]
+        return outcome, state, rows
+
+    return run_without_ranks(args, started, train, args.clients, strategy="federated")
+
+
+def run_without_ranks(args: argparse.Namespace, started: float,
+                      train: Callable[[], tuple[Any, dict, list[dict[str, Any]]]], world: int,
+                      **extra: Any) -> int:
+    """One process whose helpers are Ray actors (parameter server, federated clients): train,
+    log each loss row with its learning rate, save the model, record the run.
+
+    It keeps no checkpoints: an interrupted run starts again from the base model.
+    """
     (args.output_dir / LOSS_LOG).unlink(missing_ok=True)
     try:
-        outcome, state, losses = federated.run(args)
-    except (ValueError, federated.FederationError) as exc:
+        outcome, state, rows = train()
+    except ValueError as exc:
         raise TrainError(str(exc)) from exc
-    for server_round, loss in losses:
-        step = server_round * args.local_steps
-        lr = learning_rate(step - 1, outcome.global_step, args.warmup, args.lr)
-        append_loss(args.output_dir, {"step": step, "round": server_round, "loss": loss, "learning_rate": lr})
+    for row in rows:
+        lr = learning_rate(row["step"] - 1, outcome.global_step, args.warmup, args.lr)
+        append_loss(args.output_dir, {**row, "learning_rate": lr})
     save_gathered(args, state)
-    write_result(args, outcome, args.clients, started, **outcome.details, strategy="federated")
-    log.info("finished: %d rounds, model in %s", args.rounds, args.output_dir / MODEL_DIR)
+    write_result(args, outcome, world, started, **outcome.details, **extra)
+    log.info("finished: %d steps, model in %s", outcome.global_step, args.output_dir / MODEL_DIR)
     return 0
 
 
