@@ -45,14 +45,20 @@ def fusion(body: SearchRequest, settings: Settings) -> Fusion:
 
 
 def embed_limits(body: EmbedRequest, settings: Settings) -> None:
-    if len(body.texts) > settings.max_embed_texts:
+    text_limits(body.texts, "texts", settings)
+
+
+def text_limits(texts: Sequence[str], field: str, settings: Settings) -> None:
+    """Texts to embed in one call: how many, and how long each (``field`` names them as the
+    request does, for /v1/embed and the OpenAI-compatible route alike)."""
+    if len(texts) > settings.max_embed_texts:
         raise ApiError(422, "invalid_request",
-                       f"texts: {len(body.texts)} given, at most {settings.max_embed_texts} a call "
+                       f"{field}: {len(texts)} given, at most {settings.max_embed_texts} a call "
                        "(EMBEDSVC_MAX_EMBED_TEXTS); send smaller batches")
-    too_long = [i for i, t in enumerate(body.texts) if len(t) > settings.max_query_chars]
+    too_long = [i for i, t in enumerate(texts) if len(t) > settings.max_query_chars]
     if too_long:
         raise ApiError(422, "invalid_request",
-                       f"texts[{too_long[0]}]: {len(body.texts[too_long[0]])} characters, the limit is "
+                       f"{field}[{too_long[0]}]: {len(texts[too_long[0]])} characters, the limit is "
                        f"{settings.max_query_chars} (EMBEDSVC_MAX_QUERY_CHARS); shorten it")
 
 

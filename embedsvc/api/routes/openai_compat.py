@@ -42,6 +42,7 @@ from pydantic import ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 
+from embedsvc.api import checks
 from embedsvc.api.deps import ServiceDep, SettingsDep
 from embedsvc.api.errors import ApiError
 from embedsvc.api.limits import JsonRoute
@@ -278,15 +279,10 @@ async def create_embeddings(body: OpenAIEmbeddingsRequest, service: ServiceDep,
                             settings: SettingsDep) -> HttpResponse:
     """Embeddings as OpenAI's API answers them; the vectors are /v1/embed's."""
     texts = body.texts
-    if len(texts) > settings.max_embed_texts:
-        raise Refused(400, "invalid_request", f"input: {len(texts)} texts, at most {settings.max_embed_texts} "
-                                              "a call (EMBEDSVC_MAX_EMBED_TEXTS); send smaller batches", "input")
-    too_long = next((i for i, t in enumerate(texts) if len(t) > settings.max_query_chars), None)
-    if too_long is not None:
-        where = "input" if isinstance(body.input, str) else f"input[{too_long}]"
-        raise Refused(400, "invalid_request", f"{where}: {len(texts[too_long])} characters, the limit is "
-                                              f"{settings.max_query_chars} (EMBEDSVC_MAX_QUERY_CHARS); "
-                                              "shorten it", "input")
+    try:
+        checks.text_limits(texts, "input", settings)
+    except ApiError as exc:  # OpenAI answers an invalid request with 400
+        raise Refused(400, exc.code, exc.message, "input") from exc
     answer = await run_in_threadpool(_embeddings, service, settings, body)
     EMBEDDED_TEXTS.inc(len(texts))
     return answer
